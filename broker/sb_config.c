@@ -1,0 +1,385 @@
+#include "sb_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sb_log.h"
+
+typedef enum { T_STR, T_U32, T_U64, T_LEVEL } s_type;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    s_type type;
+    size_t off;
+    size_t size;   /* T_STR: buffer size */
+    uint64_t min;
+    uint64_t max;
+    const char *help;
+} s_key;
+
+#define STR(sec, k, f, h) {sec, k, T_STR, offsetof(sb_config, f), sizeof(((sb_config *) 0)->f), 0, 0, h}
+#define U32(sec, k, f, lo, hi, h) {sec, k, T_U32, offsetof(sb_config, f), 4, lo, hi, h}
+#define U64(sec, k, f, lo, hi, h) {sec, k, T_U64, offsetof(sb_config, f), 8, lo, hi, h}
+
+static const s_key s_keys[] = {
+    STR("broker", "ingest", ingest, "publishers' endpoint (ROUTER); tcp://HOST:* picks a free port"),
+    STR("broker", "pub", pub, "subscribers' endpoint (PUB)"),
+    STR("broker", "query", query, "fetch endpoint (ROUTER) for gap fill and resume"),
+    STR("broker", "data_dir", data_dir, "directory for the broker's files (created)"),
+    STR("broker", "ready_file", ready_file, "after binding, write the bound endpoints here"),
+    {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
+    U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
+    U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
+    U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
+    U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
+    U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
+    U32("limits", "max_name_bytes", limits.max_name_bytes, 1, 255, "longest aggregate/type/id, bytes"),
+    U32("batching", "default_delay_ms", router.default_delay_ms, 0, 86400000, "delay of aggregates no rule names, ms; 0 = at once"),
+    U32("batching", "max_batch_events", router.max_batch_events, 1, 10000000, "a batch closes at this many events"),
+    U32("batching", "max_batch_bytes", router.max_batch_bytes, 64, 256u << 20, "a batch closes at this size, bytes"),
+    U32("batching", "max_open_batches", router.max_open_batches, 1, 10000000, "open batches at most; more waits"),
+    U64("batching", "max_open_bytes", router.max_open_bytes, 1024, 1ull << 40, "bytes held in open batches at most; more waits"),
+    U64("retention", "batches", retain_batches, 1, 100000000, "batches kept in memory for fetch"),
+    U64("retention", "bytes", retain_bytes, 1024, 1ull << 40, "bytes kept in memory for fetch"),
+    U32("retention", "fetch_max_batches", fetch_max_batches, 1, 100000, "batches in one fetch reply"),
+    U32("retention", "fetch_max_bytes", fetch_max_bytes, 1024, 256u << 20, "bytes in one fetch reply"),
+    U32("retention", "fetch_max_scan", fetch_max_scan, 1, 100000000, "retained batches one fetch looks at"),
+};
+#define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
+
+void
+sb_config_defaults(sb_config *c)
+{
+    memset(c, 0, sizeof *c);
+    strcpy(c->ingest, "tcp://127.0.0.1:7701");
+    strcpy(c->pub, "tcp://127.0.0.1:7702");
+    strcpy(c->query, "tcp://127.0.0.1:7703");
+    strcpy(c->data_dir, "./snapbus-data");
+    strcpy(c->log_level, "info");
+    c->hwm = 10000;
+    c->queue = 1024;
+    sb_limits_defaults(&c->limits);
+    sb_router_config_defaults(&c->router);
+    c->retain_batches = 100000;
+    c->retain_bytes = 64u << 20;
+    c->fetch_max_batches = 1000;
+    c->fetch_max_bytes = 4u << 20;
+    c->fetch_max_scan = 200000;
+}
+
+static sb_err
+s_refuse(char *why, size_t n, const char *sec, const char *key,
+         const char *value, const char *allowed)
+{
+    snprintf(why, n, "%s.%s = \"%s\": %s", sec, key, value, allowed);
+    return SB_EINVAL;
+}
+
+static sb_err
+s_parse_u64(const char *v, uint64_t *out)
+{
+    char *end;
+    unsigned long long x;
+
+    if (*v == '\0' || *v == '-' || isspace((unsigned char) *v))
+        return SB_EINVAL;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    if (errno != 0 || end == v)
+        return SB_EINVAL;
+    /* Size suffixes, since byte limits are easier to read that way. */
+    if (*end == 'k' || *end == 'K')
+        x <<= 10, end++;
+    else if (*end == 'M')
+        x <<= 20, end++;
+    else if (*end == 'G')
+        x <<= 30, end++;
+    if (*end != '\0')
+        return SB_EINVAL;
+    *out = x;
+    return SB_OK;
+}
+
+static sb_err
+s_set_delay(sb_config *c, const char *pattern, const char *value, char *why,
+            size_t n)
+{
+    sb_router_config *r = &c->router;
+    uint64_t ms;
+    uint32_t i;
+
+    if (s_parse_u64(value, &ms) != SB_OK || ms > 86400000)
+        return s_refuse(why, n, "delays", pattern, value, "a delay in ms, 0 to 86400000");
+    if (*pattern == '\0' || strlen(pattern) >= SB_MAX_PATTERN)
+        return s_refuse(why, n, "delays", pattern, value, "a pattern of 1 to 255 bytes");
+    for (i = 0; i < r->nrules; i++)
+        if (strcmp(r->rules[i].pattern, pattern) == 0)
+            break;
+    if (i == SB_MAX_DELAY_RULES)
+        return s_refuse(why, n, "delays", pattern, value, "at most 64 delay rules");
+    if (i == r->nrules)
+        r->nrules++;
+    strcpy(r->rules[i].pattern, pattern);
+    r->rules[i].delay_ms = (uint32_t) ms;
+    return SB_OK;
+}
+
+sb_err
+sb_config_set(sb_config *c, const char *section, const char *key,
+              const char *value, char *why, size_t n)
+{
+    char allowed[128];
+
+    if (strcmp(section, "delays") == 0)
+        return s_set_delay(c, key, value, why, n);
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const s_key *k = &s_keys[i];
+        uint64_t x;
+        if (strcmp(k->section, section) != 0 || strcmp(k->key, key) != 0)
+            continue;
+        char *field = (char *) c + k->off;
+        switch (k->type) {
+        case T_LEVEL:
+            if (sb_log_level_parse(value) < 0)
+                return s_refuse(why, n, section, key, value, "one of err, warn, notice, info, debug");
+            /* fall through */
+        case T_STR:
+            if (strlen(value) >= k->size) {
+                snprintf(allowed, sizeof allowed, "at most %zu bytes", k->size - 1);
+                return s_refuse(why, n, section, key, value, allowed);
+            }
+            strcpy(field, value);
+            return SB_OK;
+        case T_U32:
+        case T_U64:
+            if (s_parse_u64(value, &x) != SB_OK || x < k->min || x > k->max) {
+                snprintf(allowed, sizeof allowed, "a whole number from %llu to %llu",
+                         (unsigned long long) k->min, (unsigned long long) k->max);
+                return s_refuse(why, n, section, key, value, allowed);
+            }
+            if (k->type == T_U32)
+                *(uint32_t *) field = (uint32_t) x;
+            else
+                *(uint64_t *) field = x;
+            return SB_OK;
+        }
+    }
+    return s_refuse(why, n, section, key, value, "no such key");
+}
+
+typedef struct {
+    sb_config *c;
+    char *why;
+    size_t n;
+    sb_err rc;
+} s_ini_ctx;
+
+static int
+s_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+    s_ini_ctx *x = user;
+
+    if (x->rc != SB_OK)
+        return 0;
+    x->rc = sb_config_set(x->c, section, name, value, x->why, x->n);
+    return x->rc == SB_OK;
+}
+
+sb_err
+sb_config_load_file(sb_config *c, const char *path, char *why, size_t n)
+{
+    s_ini_ctx x = {c, why, n, SB_OK};
+    int rc = ini_parse(path, s_ini_line, &x);
+
+    if (rc == -1) {
+        snprintf(why, n, "cannot open configuration file %s: %s", path, strerror(errno));
+        return SB_EINVAL;
+    }
+    if (x.rc != SB_OK) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", why);
+        snprintf(why, n, "%s line %d: %s", path, rc, inner);
+        return x.rc;
+    }
+    if (rc != 0) {
+        snprintf(why, n, "%s line %d: not a [section] or key = value line", path, rc);
+        return SB_EINVAL;
+    }
+    return SB_OK;
+}
+
+sb_err
+sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n)
+{
+    for (; envp != NULL && *envp != NULL; envp++) {
+        const char *e = *envp, *eq = strchr(e, '=');
+        char name[128];
+        if (strncmp(e, "SNAPBUS_", 8) != 0 || eq == NULL)
+            continue;
+        size_t len = (size_t) (eq - e) - 8;
+        if (len >= sizeof name)
+            continue;
+        for (size_t i = 0; i < len; i++)
+            name[i] = (char) tolower((unsigned char) e[8 + i]);
+        name[len] = '\0';
+        /* SNAPBUS_<SECTION>_<KEY>: the section is the first word. */
+        int found = 0;
+        for (size_t i = 0; i < S_NKEYS && !found; i++) {
+            size_t sl = strlen(s_keys[i].section);
+            if (strncmp(name, s_keys[i].section, sl) == 0 && name[sl] == '_' &&
+                strcmp(name + sl + 1, s_keys[i].key) == 0) {
+                sb_err rc = sb_config_set(c, s_keys[i].section, s_keys[i].key, eq + 1, why, n);
+                if (rc != SB_OK)
+                    return rc;
+                found = 1;
+            }
+        }
+        if (!found && strncmp(name, "delays_", 7) != 0) {
+            snprintf(why, n, "environment variable %.*s: no such key", (int) (eq - e), e);
+            return SB_EINVAL;
+        }
+    }
+    return SB_OK;
+}
+
+/* Flags are the keys themselves: --hwm 100, --default-delay-ms 5, with '-'
+ * for '_'; a few more stand apart. */
+sb_err
+sb_config_load_args(sb_config *c, int argc, char *const *argv, char *why,
+                    size_t n)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char flag[64];
+        const char *val;
+        if (strcmp(a, "--check-config") == 0 || strcmp(a, "--help") == 0 ||
+            strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0)
+            continue;
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(why, n, "unexpected argument \"%s\" (see --help)", a);
+            return SB_EINVAL;
+        }
+        if (i + 1 >= argc) {
+            snprintf(why, n, "%s needs a value", a);
+            return SB_EINVAL;
+        }
+        val = argv[++i];
+        if (strcmp(a, "--config") == 0)
+            continue;
+        if (strcmp(a, "--delay") == 0) {
+            const char *eq = strrchr(val, '=');
+            char pat[SB_MAX_PATTERN + 1];
+            if (eq == NULL || (size_t) (eq - val) > SB_MAX_PATTERN) {
+                snprintf(why, n, "--delay \"%s\": expected PATTERN=MS", val);
+                return SB_EINVAL;
+            }
+            snprintf(pat, sizeof pat, "%.*s", (int) (eq - val), val);
+            sb_err rc = s_set_delay(c, pat, eq + 1, why, n);
+            if (rc != SB_OK)
+                return rc;
+            continue;
+        }
+        if (strcmp(a, "--set") == 0) {
+            char sec[64], key[128];
+            const char *dot = strchr(val, '.'), *eq = strchr(val, '=');
+            if (dot == NULL || eq == NULL || dot > eq || dot - val >= 64 || eq - dot >= 128) {
+                snprintf(why, n, "--set \"%s\": expected SECTION.KEY=VALUE", val);
+                return SB_EINVAL;
+            }
+            snprintf(sec, sizeof sec, "%.*s", (int) (dot - val), val);
+            snprintf(key, sizeof key, "%.*s", (int) (eq - dot - 1), dot + 1);
+            sb_err rc = sb_config_set(c, sec, key, eq + 1, why, n);
+            if (rc != SB_OK)
+                return rc;
+            continue;
+        }
+        snprintf(flag, sizeof flag, "%s", a + 2);
+        for (char *p = flag; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        int found = 0;
+        for (size_t k = 0; k < S_NKEYS && !found; k++) {
+            const char *key = s_keys[k].key;
+            /* Retention keys read better with their section: --retain-bytes. */
+            char alias[64];
+            snprintf(alias, sizeof alias, "retain_%s", key);
+            if (strcmp(flag, key) == 0 ||
+                (strcmp(s_keys[k].section, "retention") == 0 && strcmp(flag, alias) == 0)) {
+                sb_err rc = sb_config_set(c, s_keys[k].section, key, val, why, n);
+                if (rc != SB_OK)
+                    return rc;
+                found = 1;
+            }
+        }
+        if (!found) {
+            snprintf(why, n, "unknown flag %s (see --help)", a);
+            return SB_EINVAL;
+        }
+    }
+    return SB_OK;
+}
+
+const char *
+sb_config_file_arg(int argc, char *const *argv)
+{
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--config") == 0)
+            return argv[i + 1];
+    return NULL;
+}
+
+sb_err
+sb_config_check(const sb_config *c, char *why, size_t n)
+{
+    if (sb_router_config_check(&c->router, why, n) != SB_OK)
+        return SB_EINVAL;
+    if (c->limits.max_payload_bytes > c->limits.max_message_bytes) {
+        snprintf(why, n, "limits.max_payload_bytes (%u) is larger than limits.max_message_bytes (%u)",
+                 c->limits.max_payload_bytes, c->limits.max_message_bytes);
+        return SB_EINVAL;
+    }
+    return SB_OK;
+}
+
+void
+sb_config_usage(FILE *out)
+{
+    sb_config d;
+    const char *last = "";
+
+    sb_config_defaults(&d);
+    fprintf(out,
+            "usage: snapbusd [--config FILE] [--check-config] [--FLAG VALUE ...]\n\n"
+            "Runs the snapbus broker. Settings come from defaults, then the\n"
+            "configuration file (INI), then SNAPBUS_<SECTION>_<KEY> environment\n"
+            "variables, then flags. Every key below is also a flag: --KEY VALUE\n"
+            "with '-' for '_' (retention keys as --retain-KEY), or --set SECTION.KEY=VALUE.\n\n"
+            "  --config FILE        read this INI file first\n"
+            "  --check-config       check the configuration and exit (0: valid)\n"
+            "  --delay PATTERN=MS   delay for aggregates matching PATTERN (exact name\n"
+            "                       or fnmatch glob); repeatable; [delays] in the file\n"
+            "  --help               this text\n"
+            "  --version            print the version\n");
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const s_key *k = &s_keys[i];
+        const char *field = (const char *) &d + k->off;
+        char def[64];
+        if (strcmp(k->section, last) != 0) {
+            fprintf(out, "\n[%s]\n", k->section);
+            last = k->section;
+        }
+        if (k->type == T_STR || k->type == T_LEVEL)
+            snprintf(def, sizeof def, "\"%s\"", field);
+        else if (k->type == T_U32)
+            snprintf(def, sizeof def, "%u", *(const uint32_t *) field);
+        else
+            snprintf(def, sizeof def, "%llu", (unsigned long long) *(const uint64_t *) field);
+        fprintf(out, "  %-24s %s (default %s)\n", k->key, k->help, def);
+    }
+    fprintf(out, "\nSignals: SIGTERM or SIGINT stop intake, flush every open batch to\n"
+                 "subscribers, send the pending acks and exit 0.\n");
+}

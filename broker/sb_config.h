@@ -1,0 +1,51 @@
+/* The broker's configuration: one struct, filled only here, from the
+ * defaults, then a file, then SNAPBUS_* environment variables, then flags.
+ * Every key is listed with its default, unit and range by `snapbusd --help`
+ * and in docs/CONFIGURATION.md. */
+#ifndef SB_CONFIG_H
+#define SB_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sb_err.h"
+#include "sb_router.h"
+#include "sb_wire.h"
+
+typedef struct {
+    char ingest[256];
+    char pub[256];
+    char query[256];
+    char data_dir[512];
+    char ready_file[512];
+    char log_level[16];
+    uint32_t hwm;
+    uint32_t queue;
+    sb_limits limits;
+    sb_router_config router;
+    uint64_t retain_batches;
+    uint64_t retain_bytes;
+    uint32_t fetch_max_batches;
+    uint32_t fetch_max_bytes;
+    uint32_t fetch_max_scan;
+} sb_config;
+
+void sb_config_defaults(sb_config *c);
+/* One key: section "broker", key "hwm". Refusals name key, value, range. */
+sb_err sb_config_set(sb_config *c, const char *section, const char *key,
+                     const char *value, char *why, size_t n);
+sb_err sb_config_load_file(sb_config *c, const char *path, char *why, size_t n);
+/* Every SNAPBUS_<SECTION>_<KEY> in envp. */
+sb_err sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n);
+/* Flags (argv[1..]). Sets *config_path from --config (read first by the
+ * caller), *check from --check-config, *help from --help. */
+sb_err sb_config_load_args(sb_config *c, int argc, char *const *argv,
+                           char *why, size_t n);
+/* Whole-struct checks across keys. */
+sb_err sb_config_check(const sb_config *c, char *why, size_t n);
+void sb_config_usage(FILE *out);
+/* The file given with --config in argv, or NULL. */
+const char *sb_config_file_arg(int argc, char *const *argv);
+
+#endif

@@ -1,0 +1,23 @@
+#include "sb_err.h"
+
+const char *
+sb_strerror(sb_err e)
+{
+    switch (e) {
+    case SB_OK: return "ok";
+    case SB_EAGAIN: return "try again";
+    case SB_ENOMEM: return "out of memory";
+    case SB_EINVAL: return "invalid";
+    case SB_ETOOBIG: return "too large";
+    case SB_EPROTO: return "protocol error";
+    case SB_EDUP: return "duplicate";
+    case SB_EUNAUTH: return "unauthorized";
+    case SB_ESTORAGE: return "storage full";
+    case SB_ECLOSED: return "shutting down";
+    case SB_ESYS: return "system error";
+    case SB_ENOTSUP: return "not supported";
+    case SB_ENOENT: return "not found";
+    case SB_ETIMEDOUT: return "timed out";
+    }
+    return "unknown error";
+}

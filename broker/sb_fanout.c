@@ -1,0 +1,491 @@
+#include "sb_fanout.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "sb_actor.h"
+#include "sb_clock.h"
+#include "sb_log.h"
+#include "sb_msg.h"
+#include "sb_wire.h"
+#include "sb_zmq.h"
+
+/* ---- retention ring ---------------------------------------------------- */
+
+struct sb_ring {
+    sb_blob **slot;
+    uint64_t cap;       /* max_batches */
+    uint64_t head;      /* index of the oldest */
+    uint64_t count;
+    uint64_t bytes;
+    uint64_t max_bytes;
+    uint64_t horizon;   /* seqs below this may have been evicted */
+};
+
+void
+sb_blob_unref(sb_blob *b)
+{
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1)
+        free(b);
+}
+
+sb_err
+sb_ring_new(sb_ring **out, uint64_t max_batches, uint64_t max_bytes)
+{
+    sb_ring *r = calloc(1, sizeof *r);
+
+    if (r == NULL)
+        return SB_ENOMEM;
+    r->cap = max_batches ? max_batches : 1;
+    if ((r->slot = calloc(r->cap, sizeof *r->slot)) == NULL) {
+        free(r);
+        return SB_ENOMEM;
+    }
+    r->max_bytes = max_bytes;
+    r->horizon = 1;
+    *out = r;
+    return SB_OK;
+}
+
+static void
+s_evict(sb_ring *r)
+{
+    sb_blob *b = r->slot[r->head];
+
+    if (b->last_seq + 1 > r->horizon)
+        r->horizon = b->last_seq + 1;
+    r->bytes -= b->len;
+    r->slot[r->head] = NULL;
+    r->head = (r->head + 1) % r->cap;
+    r->count--;
+    sb_blob_unref(b);
+}
+
+void
+sb_ring_destroy(sb_ring **rp)
+{
+    sb_ring *r = *rp;
+
+    if (r == NULL)
+        return;
+    while (r->count > 0)
+        s_evict(r);
+    free(r->slot);
+    free(r);
+    *rp = NULL;
+}
+
+sb_err
+sb_ring_add(sb_ring *r, sb_blob *b)
+{
+    while (r->count > 0 && (r->count == r->cap || r->bytes + b->len > r->max_bytes))
+        s_evict(r);
+    atomic_fetch_add(&b->refs, 1);
+    r->slot[(r->head + r->count) % r->cap] = b;
+    r->count++;
+    r->bytes += b->len;
+    return SB_OK;
+}
+
+uint64_t
+sb_ring_count(const sb_ring *r)
+{
+    return r->count;
+}
+
+uint64_t
+sb_ring_bytes(const sb_ring *r)
+{
+    return r->bytes;
+}
+
+sb_err
+sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
+             sb_ring_result *res)
+{
+    uint64_t first_id = r->count ? r->slot[r->head]->batch_id : 0;
+    uint64_t start = 0, bytes = 0;
+
+    memset(res, 0, sizeof *res);
+    res->retained_first_seq = r->horizon;
+    res->retained_first_batch_id = first_id;
+    /* Batch ids in the ring are consecutive, so a cursor is an index. */
+    if (q->after_batch_id != 0) {
+        if (r->count == 0 || q->after_batch_id + 1 < first_id)
+            return q->after_batch_id + 1 < first_id ? SB_ENOENT : SB_OK;
+        start = q->after_batch_id + 1 - first_id;
+    } else if (q->from_seq != 0 && q->from_seq < r->horizon) {
+        return SB_ENOENT;
+    }
+    res->last_batch_id = q->after_batch_id;
+    for (uint64_t i = start, scanned = 0; i < r->count; i++, scanned++) {
+        sb_blob *b = r->slot[(r->head + i) % r->cap];
+        if (res->count == q->max_batches || scanned == q->max_scan ||
+            (res->count > 0 && bytes + b->len > q->max_bytes)) {
+            res->more = 1;
+            return SB_OK;
+        }
+        res->last_batch_id = b->batch_id;
+        if (b->last_seq < q->from_seq ||
+            (q->to_seq != 0 && b->first_seq > q->to_seq) ||
+            b->topic_len - 1 < q->prefix_len ||
+            memcmp(b->topic, q->prefix, q->prefix_len) != 0)
+            continue;
+        atomic_fetch_add(&b->refs, 1);
+        out[res->count++] = b;
+        bytes += b->len;
+    }
+    return SB_OK;
+}
+
+/* ---- actor ------------------------------------------------------------- */
+
+struct sb_fanout {
+    sb_actor *actor;
+    sb_fanout_args args;
+    char pub_ep[256];
+    char query_ep[256];
+    void *pub;
+    void *query;
+    sb_ring *ring;
+    sb_fanout_stats st;
+    sb_item *outbox; /* replies for the ingest that its link refused */
+    size_t nout, capout;
+    int eof;
+    sb_blob **found;
+};
+
+static void
+s_blob_free(void *data, void *hint)
+{
+    (void) data;
+    sb_blob_unref(hint);
+}
+
+static void
+s_queue_reply(sb_fanout *p, sb_item it)
+{
+    if (p->nout == 0 && sb_link_send(p->args.replies, &it) == SB_OK)
+        return;
+    if (p->nout == p->capout) {
+        size_t cap = p->capout ? p->capout * 2 : 64;
+        sb_item *o;
+        /* The outbox holds at most the requests one batch completes, and
+         * batches are not read while it is non-empty: bounded. */
+        while ((o = realloc(p->outbox, cap * sizeof *o)) == NULL)
+            zmq_poll(NULL, 0, 10);
+        p->outbox = o;
+        p->capout = cap;
+    }
+    if (p->nout == 0)
+        atomic_fetch_add(&p->st.parked, 1);
+    p->outbox[p->nout++] = it;
+}
+
+static void
+s_flush_outbox(sb_fanout *p)
+{
+    size_t i = 0;
+
+    while (i < p->nout && sb_link_send(p->args.replies, &p->outbox[i]) == SB_OK)
+        i++;
+    memmove(p->outbox, p->outbox + i, (p->nout - i) * sizeof *p->outbox);
+    p->nout -= i;
+}
+
+static void
+s_publish(sb_fanout *p, sb_batch *b)
+{
+    sb_blob *blob;
+    uint8_t *buf;
+    size_t len;
+    zmq_msg_t m;
+
+    for (uint32_t i = 0; i < b->n; i++)
+        b->ev[i]->batch_id = b->id;
+    while (sb_wire_encode_batch(b, sizeof(sb_blob), &buf, &len) != SB_OK)
+        zmq_poll(NULL, 0, 10); /* out of memory: wait, never lose it */
+    blob = (sb_blob *) buf;
+    atomic_init(&blob->refs, 1);
+    blob->len = (uint32_t) len;
+    blob->batch_id = b->id;
+    blob->first_seq = b->n ? b->ev[0]->seq : 0;
+    blob->last_seq = b->n ? b->ev[b->n - 1]->seq : 0;
+    blob->topic_len = b->agg_len + 1;
+    memcpy(blob->topic, b->agg, b->agg_len);
+    blob->topic[b->agg_len] = 0;
+
+    /* PUB never blocks: at a subscriber's high-water mark it skips that
+     * subscriber, which notices from the seqs and fetches from the ring. */
+    if (zmq_send(p->pub, blob->topic, blob->topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
+        atomic_fetch_add(&blob->refs, 1);
+        zmq_msg_init_data(&m, blob->data, len, s_blob_free, blob);
+        if (zmq_msg_send(&m, p->pub, ZMQ_DONTWAIT) < 0)
+            zmq_msg_close(&m);
+    }
+    sb_ring_add(p->ring, blob);
+    sb_blob_unref(blob);
+
+    atomic_fetch_add(&p->st.batches, 1);
+    atomic_fetch_add(&p->st.events, b->n);
+    atomic_fetch_add(&p->st.bytes, len);
+    atomic_store(&p->st.last_batch_id, b->id);
+    if (blob->last_seq > atomic_load(&p->st.last_seq))
+        atomic_store(&p->st.last_seq, blob->last_seq);
+    atomic_store(&p->st.retained_batches, sb_ring_count(p->ring));
+    atomic_store(&p->st.retained_bytes, sb_ring_bytes(p->ring));
+
+    for (uint32_t i = 0; i < b->n; i++) {
+        sb_req *req = b->ev[i]->req;
+        if (atomic_fetch_sub(&req->unpublished, 1) == 1 &&
+            req->ack == SB_ACK_PUBLISHED) {
+            sb_reply *rp;
+            while (sb_reply_from_req(&rp, req) != SB_OK)
+                zmq_poll(NULL, 0, 10);
+            s_queue_reply(p, (sb_item){SB_ITEM_REPLY, rp});
+        }
+    }
+    sb_batch_destroy(&b);
+}
+
+static void
+s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
+{
+    const sb_fetch_req *f = &w->fetch;
+    sb_ring_query q = {f->prefix, f->prefix_len, f->from_seq, f->to_seq,
+                       f->after_batch_id, f->max_batches, f->max_bytes,
+                       p->args.fetch_max_scan};
+    sb_ring_result res;
+    sb_fetch_info_w info;
+    uint8_t *buf;
+    size_t len;
+    sb_err rc;
+
+    atomic_fetch_add(&p->st.fetches, 1);
+    if (q.max_batches == 0 || q.max_batches > p->args.fetch_max_batches)
+        q.max_batches = p->args.fetch_max_batches;
+    if (q.max_bytes == 0 || q.max_bytes > p->args.fetch_max_bytes)
+        q.max_bytes = p->args.fetch_max_bytes;
+    rc = sb_ring_find(p->ring, &q, p->found, &res);
+    if (rc == SB_ENOENT) {
+        atomic_fetch_add(&p->st.fetch_refused, 1);
+        if (sb_wire_encode_error(w->request_id, SB_WERR_OUT_OF_RETENTION,
+                                 "the range starts before the retained batches",
+                                 &buf, &len) == SB_OK &&
+            sb_zmq_route_reply(p->query, env->peer, env->peer_len, env->delimiter,
+                               buf, len, 0) != SB_OK)
+            atomic_fetch_add(&p->st.fetch_lost, 1);
+        return;
+    }
+    info = (sb_fetch_info_w){res.count, res.last_batch_id, res.more,
+                             res.retained_first_seq, res.retained_first_batch_id,
+                             atomic_load(&p->st.last_seq)};
+    if (sb_wire_encode_fetch_reply(w->request_id, &info, &buf, &len) != SB_OK ||
+        sb_zmq_route_reply(p->query, env->peer, env->peer_len, env->delimiter,
+                           buf, len, res.count > 0) != SB_OK) {
+        atomic_fetch_add(&p->st.fetch_lost, 1);
+        for (uint32_t i = 0; i < res.count; i++)
+            sb_blob_unref(p->found[i]);
+        return;
+    }
+    for (uint32_t i = 0; i < res.count; i++) {
+        zmq_msg_t m;
+        sb_blob *b = p->found[i];
+        zmq_msg_init_data(&m, b->data, b->len, s_blob_free, b);
+        if (zmq_msg_send(&m, p->query, ZMQ_DONTWAIT | (i + 1 < res.count ? ZMQ_SNDMORE : 0)) < 0)
+            zmq_msg_close(&m);
+    }
+    atomic_fetch_add(&p->st.fetch_batches, res.count);
+}
+
+static void
+s_query(sb_fanout *p)
+{
+    for (int i = 0; i < 64; i++) {
+        sb_zmq_env env;
+        zmq_msg_t body;
+        sb_wire_request w;
+        sb_limits lim;
+        uint8_t *buf;
+        size_t len;
+
+        if (sb_zmq_route_recv(p->query, &env, &body) != SB_OK)
+            return;
+        memset(&w, 0, sizeof w);
+        sb_limits_defaults(&lim);
+        if (env.frames != 1) {
+            w.request_id = 0;
+            w.err = SB_WERR_INVALID;
+            w.detail = "a request is exactly one frame after the envelope";
+        } else if (sb_wire_decode_request(zmq_msg_data(&body), zmq_msg_size(&body),
+                                          &lim, &w) != SB_OK) {
+            w.err = SB_WERR_INVALID;
+            w.detail = "out of memory";
+        } else if (w.err == SB_WERR_NONE && w.kind != SB_WREQ_FETCH) {
+            w.err = SB_WERR_UNSUPPORTED;
+            w.detail = "the query socket serves fetch only";
+        }
+        if (w.req != NULL && w.err == SB_WERR_NONE)
+            w.err = SB_WERR_UNSUPPORTED;
+        if (w.kind == SB_WREQ_PUBLISH && w.req != NULL)
+            sb_req_unref(w.req);
+        zmq_msg_close(&body);
+        if (w.err == SB_WERR_NONE) {
+            s_fetch(p, &env, &w);
+            continue;
+        }
+        atomic_fetch_add(&p->st.fetch_refused, 1);
+        if (sb_wire_encode_error(w.request_id, w.err, w.detail, &buf, &len) == SB_OK &&
+            sb_zmq_route_reply(p->query, env.peer, env.peer_len, env.delimiter,
+                               buf, len, 0) != SB_OK)
+            atomic_fetch_add(&p->st.fetch_lost, 1);
+    }
+}
+
+static void
+s_read_batches(sb_fanout *p)
+{
+    sb_item it;
+
+    for (int i = 0; i < 256 && p->nout == 0 && !p->eof &&
+                    sb_link_recv(p->args.in, &it) == SB_OK; i++) {
+        if (it.kind == SB_ITEM_EOF) {
+            p->eof = 1;
+            s_queue_reply(p, it); /* tells the ingest everything is out */
+        } else {
+            s_publish(p, it.ptr);
+        }
+    }
+}
+
+static sb_err
+s_open(sb_fanout *p, void **sock, int type, const char *ep, char *bound)
+{
+    int hwm = p->args.hwm, linger = 1000, one = 1;
+    int64_t maxmsg = 1 << 16; /* subscribers and queriers send little */
+
+    if ((*sock = zmq_socket(p->args.zmq_ctx, type)) == NULL)
+        return SB_ESYS;
+    zmq_setsockopt(*sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(*sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(*sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(*sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (type == ZMQ_ROUTER)
+        zmq_setsockopt(*sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    return sb_zmq_bind(*sock, ep, bound, 256);
+}
+
+static void
+s_run(sb_actor *self, void *arg)
+{
+    sb_fanout *p = arg;
+
+    if (s_open(p, &p->pub, ZMQ_PUB, p->args.pub_endpoint, p->pub_ep) != SB_OK ||
+        s_open(p, &p->query, ZMQ_ROUTER, p->args.query_endpoint, p->query_ep) != SB_OK) {
+        if (p->pub)
+            zmq_close(p->pub);
+        if (p->query)
+            zmq_close(p->query);
+        sb_actor_ready(self, SB_ESYS);
+        return;
+    }
+    sb_actor_ready(self, SB_OK);
+    while (!(p->eof && p->nout == 0)) {
+        zmq_pollitem_t it[4] = {
+            {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
+            {p->query, 0, ZMQ_POLLIN, 0},
+            {NULL, sb_link_recv_fd(p->args.in), (p->nout == 0 && !p->eof) ? ZMQ_POLLIN : 0, 0},
+            {NULL, sb_link_send_fd(p->args.replies), p->nout ? ZMQ_POLLIN : 0, 0},
+        };
+        if (zmq_poll(it, 4, -1) < 0 && errno != EINTR)
+            break;
+        if (it[0].revents & ZMQ_POLLIN) {
+            int cmd;
+            if (sb_actor_cmd_recv(self, &cmd) == SB_OK && cmd == SB_CMD_STOP)
+                break;
+        }
+        s_flush_outbox(p);
+        s_read_batches(p);
+        if (it[1].revents & ZMQ_POLLIN)
+            s_query(p);
+    }
+    for (size_t i = 0; i < p->nout; i++)
+        if (p->outbox[i].kind == SB_ITEM_REPLY)
+            free(p->outbox[i].ptr);
+    p->nout = 0;
+    zmq_close(p->pub);
+    zmq_close(p->query);
+}
+
+sb_err
+sb_fanout_new(sb_fanout **out, const sb_fanout_args *args)
+{
+    sb_fanout *p = calloc(1, sizeof *p);
+    sb_err rc;
+
+    if (p == NULL)
+        return SB_ENOMEM;
+    p->args = *args;
+    if ((rc = sb_ring_new(&p->ring, args->retain_batches, args->retain_bytes)) != SB_OK)
+        goto fail;
+    rc = SB_ENOMEM;
+    if ((p->found = calloc(args->fetch_max_batches + 1, sizeof *p->found)) == NULL)
+        goto fail;
+    if ((rc = sb_actor_new(&p->actor, "fanout", s_run, p)) != SB_OK)
+        goto fail;
+    *out = p;
+    return SB_OK;
+fail:
+    sb_fanout_destroy(&p);
+    return rc;
+}
+
+const char *
+sb_fanout_pub_endpoint(const sb_fanout *p)
+{
+    return p->pub_ep;
+}
+
+const char *
+sb_fanout_query_endpoint(const sb_fanout *p)
+{
+    return p->query_ep;
+}
+
+sb_fanout_stats *
+sb_fanout_stats_get(sb_fanout *p)
+{
+    return &p->st;
+}
+
+sb_err
+sb_fanout_wait(sb_fanout *p, int timeout_ms)
+{
+    return sb_actor_wait(p->actor, timeout_ms);
+}
+
+void
+sb_fanout_destroy(sb_fanout **pp)
+{
+    sb_fanout *p = *pp;
+
+    if (p == NULL)
+        return;
+    sb_actor_destroy(&p->actor);
+    /* Batches still in the link belong to nobody else now. */
+    if (p->args.in != NULL) {
+        sb_item it;
+        while (sb_link_recv(p->args.in, &it) == SB_OK)
+            if (it.kind == SB_ITEM_BATCH) {
+                sb_batch *b = it.ptr;
+                sb_batch_destroy(&b);
+            }
+    }
+    sb_ring_destroy(&p->ring);
+    free(p->outbox);
+    free(p->found);
+    free(p);
+    *pp = NULL;
+}

@@ -1,0 +1,112 @@
+/* Fan-out (the publisher actor): sends each flushed batch to subscribers and keeps recent
+ * batches for gap fill.
+ *
+ * For every batch from the router it encodes one SnapshotBatch, sends it on
+ * the PUB socket as [aggregate + NUL][batch], and keeps the encoded bytes in
+ * a retention ring bounded by count and bytes (the same buffer is shared
+ * with ZeroMQ, refcounted: no copy). Requests that asked for a `published`
+ * ack get their reply, via the ingest, once their last event is sent.
+ *
+ * A PUB socket never waits: a subscriber that falls behind its high-water
+ * mark loses live batches and fills the gap from the ring over the query
+ * socket (ROUTER), so one slow subscriber never stalls the broker. Fetches
+ * are answered in bounded pages so catching up cannot starve publishing. */
+#ifndef SB_FANOUT_H
+#define SB_FANOUT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sb_err.h"
+#include "sb_link.h"
+
+typedef struct {
+    atomic_uint_fast64_t batches;      /* sent on PUB */
+    atomic_uint_fast64_t events;
+    atomic_uint_fast64_t bytes;
+    atomic_uint_fast64_t last_batch_id;
+    atomic_uint_fast64_t last_seq;     /* highest seq published */
+    atomic_uint_fast64_t fetches;
+    atomic_uint_fast64_t fetch_batches;
+    atomic_uint_fast64_t fetch_refused;
+    atomic_uint_fast64_t fetch_lost;   /* query replies the peer did not take */
+    atomic_uint_fast64_t retained_batches;
+    atomic_uint_fast64_t retained_bytes;
+    atomic_uint_fast64_t evicted;
+    atomic_uint_fast64_t parked;       /* times the ack link was full */
+} sb_fanout_stats;
+
+typedef struct {
+    void *zmq_ctx;
+    const char *pub_endpoint;
+    const char *query_endpoint;
+    int hwm;
+    uint64_t retain_batches;     /* ring bound by count */
+    uint64_t retain_bytes;       /* and by bytes */
+    uint32_t fetch_max_batches;  /* page bound */
+    uint32_t fetch_max_bytes;
+    uint32_t fetch_max_scan;     /* ring entries looked at per fetch */
+    sb_link *in;                 /* router →: SB_ITEM_BATCH, SB_ITEM_EOF */
+    sb_link *replies;            /* → ingest: SB_ITEM_REPLY, SB_ITEM_EOF */
+} sb_fanout_args;
+
+typedef struct sb_fanout sb_fanout;
+
+sb_err sb_fanout_new(sb_fanout **out, const sb_fanout_args *args);
+const char *sb_fanout_pub_endpoint(const sb_fanout *p);
+const char *sb_fanout_query_endpoint(const sb_fanout *p);
+sb_fanout_stats *sb_fanout_stats_get(sb_fanout *p);
+/* Waits until the actor exited after EOF (SB_ETIMEDOUT if not yet). */
+sb_err sb_fanout_wait(sb_fanout *p, int timeout_ms);
+void sb_fanout_destroy(sb_fanout **pp);
+
+/* ---- retention ring (core, used by the actor and by tests) ---------- */
+
+typedef struct sb_ring sb_ring;
+
+/* An encoded batch, shared by the ring and ZeroMQ messages. */
+typedef struct sb_blob {
+    atomic_uint refs;
+    uint32_t len;        /* encoded SnapshotBatch length */
+    uint64_t batch_id;
+    uint64_t first_seq;
+    uint64_t last_seq;
+    uint32_t topic_len;  /* aggregate + NUL */
+    char topic[256];
+    uint8_t data[];      /* encoded SnapshotBatch */
+} sb_blob;
+
+void sb_blob_unref(sb_blob *b);
+
+typedef struct {
+    const char *prefix;
+    size_t prefix_len;
+    uint64_t from_seq;
+    uint64_t to_seq;         /* 0: none */
+    uint64_t after_batch_id; /* 0: from the oldest */
+    uint32_t max_batches;
+    uint32_t max_bytes;
+    uint32_t max_scan;
+} sb_ring_query;
+
+typedef struct {
+    uint32_t count;
+    uint64_t last_batch_id; /* cursor: last batch looked at */
+    int more;
+    uint64_t retained_first_seq; /* seqs below this may be gone */
+    uint64_t retained_first_batch_id;
+} sb_ring_result;
+
+sb_err sb_ring_new(sb_ring **out, uint64_t max_batches, uint64_t max_bytes);
+void sb_ring_destroy(sb_ring **rp);
+/* Takes one reference on b. Evicts the oldest entries past the bounds. */
+sb_err sb_ring_add(sb_ring *r, sb_blob *b);
+/* Fills out[] (each with a reference taken) for the query. SB_ENOENT: the
+ * query reaches before what is retained. */
+sb_err sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
+                    sb_ring_result *res);
+uint64_t sb_ring_count(const sb_ring *r);
+uint64_t sb_ring_bytes(const sb_ring *r);
+
+#endif

@@ -1,0 +1,61 @@
+/* Ingest: the publishers' ROUTER socket.
+ *
+ * Reads requests, decodes and validates them (sb_wire), answers bad input
+ * with a typed error, and hands accepted requests to the sequencer. When
+ * the sequencer's link is full it parks the request it holds and stops
+ * reading the socket: ZeroMQ's receive high-water mark then fills, then the
+ * TCP buffers, then the publisher's send high-water mark, so the
+ * publisher's send waits (or says "try again"). It never stops sending
+ * replies, which arrive on two links (from the sequencer and from the
+ * publisher): those stages can therefore never wait on the ingest. */
+#ifndef SB_INGEST_H
+#define SB_INGEST_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "sb_err.h"
+#include "sb_link.h"
+#include "sb_wire.h"
+
+typedef struct {
+    atomic_uint_fast64_t requests;      /* publish requests decoded */
+    atomic_uint_fast64_t events_in;     /* events handed to the sequencer */
+    atomic_uint_fast64_t events_refused;/* events answered with an error */
+    atomic_uint_fast64_t bad_requests;  /* requests refused whole */
+    atomic_uint_fast64_t bad_frames;    /* wrong frame counts */
+    atomic_uint_fast64_t replies;       /* replies sent */
+    atomic_uint_fast64_t replies_lost;  /* peer gone or not reading */
+    atomic_uint_fast64_t hellos;
+    atomic_uint_fast64_t parked;        /* times the sequencer link was full */
+    atomic_uint_fast64_t refused_by[10];/* by sb_werr */
+} sb_ingest_stats;
+
+typedef struct {
+    void *zmq_ctx;
+    const char *endpoint; /* bind address */
+    int hwm;
+    sb_limits limits;
+    const char *broker_name;
+    sb_link *out;            /* → sequencer */
+    sb_link *seq_replies;    /* sequencer → */
+    sb_link *pub_replies;    /* publisher → */
+    /* For hello replies: read-only views of other actors' counters. */
+    atomic_uint_fast64_t *last_seq;
+    atomic_uint_fast64_t *last_batch_id;
+} sb_ingest_args;
+
+typedef struct sb_ingest sb_ingest;
+
+sb_err sb_ingest_new(sb_ingest **out, const sb_ingest_args *args);
+/* The endpoint actually bound (with the port when "*" was asked). */
+const char *sb_ingest_endpoint(const sb_ingest *in);
+const sb_ingest_stats *sb_ingest_stats_get(const sb_ingest *in);
+/* Stops intake (publishes are answered ERR_SHUTTING_DOWN), sends EOF down
+ * the pipeline and returns once both reply links have delivered their EOF,
+ * i.e. every accepted event was published and acked, or timeout_ms passed
+ * (SB_ETIMEDOUT). */
+sb_err sb_ingest_drain(sb_ingest *in, int timeout_ms);
+void sb_ingest_destroy(sb_ingest **inp);
+
+#endif

@@ -1,0 +1,47 @@
+/* A bounded single-producer single-consumer queue between two actors.
+ *
+ * The bound is exact: `capacity` items, no more. A full link refuses with
+ * SB_EAGAIN and the producer keeps its item (it parks it and waits on
+ * sb_link_send_fd). Both ends can be waited on with poll(2) or zmq_poll():
+ * recv_fd is readable exactly while the link holds an item, send_fd exactly
+ * while it has room. Items are copied by value (`item_size` bytes); to move
+ * an object, send its pointer. */
+#ifndef SB_LINK_H
+#define SB_LINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sb_err.h"
+
+typedef struct sb_link sb_link;
+
+typedef struct {
+    const char *name;
+    size_t depth;     /* items queued now */
+    size_t capacity;  /* the bound */
+    size_t high;      /* highest depth seen */
+    uint64_t sent;    /* items accepted */
+    uint64_t full;    /* sends refused because the link was full */
+    uint64_t wait_ns; /* time the producer spent with a refused item */
+} sb_link_stats;
+
+sb_err sb_link_new(sb_link **out, const char *name, size_t item_size,
+                   size_t capacity);
+void sb_link_destroy(sb_link **linkp);
+
+/* SB_OK: copied in. SB_EAGAIN: full, nothing changed. */
+sb_err sb_link_send(sb_link *link, const void *item);
+/* SB_OK: copied out. SB_EAGAIN: empty. */
+sb_err sb_link_recv(sb_link *link, void *item);
+/* Waits up to timeout_ms (-1: forever) for room, then sends. */
+sb_err sb_link_send_wait(sb_link *link, const void *item, int timeout_ms);
+/* Waits up to timeout_ms (-1: forever) for an item. */
+sb_err sb_link_recv_wait(sb_link *link, void *item, int timeout_ms);
+
+int sb_link_recv_fd(const sb_link *link);
+int sb_link_send_fd(const sb_link *link);
+size_t sb_link_depth(sb_link *link);
+void sb_link_stats_get(sb_link *link, sb_link_stats *st);
+
+#endif

@@ -1,0 +1,146 @@
+/* The objects that move between the broker's actors. Only pointers move
+ * between threads; an object belongs to one actor at a time, except a
+ * request, whose events may sit in several batches (it is refcounted). */
+#ifndef SB_MSG_H
+#define SB_MSG_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sb_err.h"
+
+#define SB_PEER_MAX 255 /* ZeroMQ routing ids are at most 255 bytes */
+
+struct sb_req;
+
+typedef struct sb_event {
+    struct sb_req *req; /* owner of the bytes below */
+    const char *agg;
+    const char *type;
+    const uint8_t *payload;
+    const char *event_id;
+    const char *producer_id;
+    uint32_t agg_len;
+    uint32_t type_len;
+    uint32_t payload_len;
+    uint32_t event_id_len;
+    uint32_t producer_id_len;
+    uint8_t has_source_pos;
+    uint8_t status;      /* sb_err; SB_OK while the event is accepted */
+    uint64_t producer_seq;
+    uint64_t source_pos;
+    uint64_t caused_by;  /* 0: none */
+    uint64_t client_ts_ms;
+    /* Assigned by the broker. */
+    uint64_t seq;
+    uint64_t agg_seq;
+    uint64_t batch_id;
+} sb_event;
+
+/* One publish request: header, events, then the bytes they point to, in a
+ * single allocation. */
+typedef struct sb_req {
+    uint64_t request_id;
+    uint64_t recv_ns;
+    atomic_uint refs;        /* holders: the pipeline + each batched event */
+    atomic_uint unpublished; /* accepted events not yet sent in a batch */
+    uint32_t nevents;
+    uint32_t naccepted;
+    size_t mem_bytes;
+    uint8_t ack;
+    uint8_t delimiter; /* the request came behind an empty frame (REQ peer) */
+    uint8_t peer_len;
+    uint8_t peer[SB_PEER_MAX];
+    sb_event ev[];
+} sb_req;
+
+/* Allocates a request for `nevents` events and `data_bytes` of strings and
+ * payloads; *data points at that area. refs starts at 1 (the creator's,
+ * which becomes the pipeline's), unpublished at 0. */
+sb_err sb_req_new(sb_req **out, uint32_t nevents, size_t data_bytes,
+                  uint8_t **data);
+void sb_req_ref(sb_req *req);
+/* Drops one reference; frees at zero. */
+void sb_req_unref(sb_req *req);
+
+/* The size an event counts for against batch byte limits: its bytes on
+ * the wire, near enough. */
+static inline size_t
+sb_event_size(const sb_event *ev)
+{
+    return (size_t) ev->agg_len + ev->type_len + ev->payload_len +
+           ev->event_id_len + ev->producer_id_len + 48;
+}
+
+typedef enum {
+    SB_CLOSE_DELAY = 0,
+    SB_CLOSE_IMMEDIATE = 1,
+    SB_CLOSE_MAX_EVENTS = 2,
+    SB_CLOSE_MAX_BYTES = 3,
+    SB_CLOSE_SHUTDOWN = 4
+} sb_close_reason;
+
+/* A batch of one aggregate (the topic it is published under). Events of
+ * other aggregates may have joined it through caused_by. */
+typedef struct sb_batch {
+    uint64_t id;        /* global, gap-free; assigned when flushed */
+    uint64_t key;       /* the router's handle while open (timelock key) */
+    uint64_t opened_ms;
+    uint64_t deadline_ms;
+    uint64_t timestamp_ms;  /* wall clock at flush */
+    uint64_t prev_last_seq; /* last seq of this aggregate's previous batch */
+    uint64_t agg_last_seq;
+    uint64_t source_pos;
+    uint8_t has_source_pos;
+    uint8_t close_reason; /* sb_close_reason */
+    uint32_t n;
+    uint32_t cap;
+    size_t bytes;       /* sum of sb_event_size() */
+    sb_event **ev;      /* in seq order; each holds a ref on its request */
+    uint32_t agg_len;
+    char agg[];         /* NUL-terminated copy */
+} sb_batch;
+
+sb_err sb_batch_new(sb_batch **out, const char *agg, uint32_t agg_len);
+/* Appends; the batch takes one reference on ev->req. */
+sb_err sb_batch_push(sb_batch *b, sb_event *ev);
+/* Drops the batch's request references and frees it. */
+void sb_batch_destroy(sb_batch **bp);
+
+/* Per-event outcome in a reply. */
+typedef struct {
+    uint64_t seq;
+    uint64_t agg_seq;
+    uint64_t batch_id;
+    uint8_t status; /* sb_err */
+} sb_result;
+
+/* A reply for the ingest to send back to a publisher. */
+typedef struct sb_reply {
+    uint64_t request_id;
+    uint8_t ack;
+    uint8_t delimiter;
+    uint8_t peer_len;
+    uint8_t peer[SB_PEER_MAX];
+    uint32_t n;
+    sb_result r[];
+} sb_reply;
+
+/* Copies the request's envelope and per-event outcome. */
+sb_err sb_reply_from_req(sb_reply **out, const sb_req *req);
+
+/* What a data link carries. */
+typedef enum {
+    SB_ITEM_REQ = 1,   /* sb_req */
+    SB_ITEM_BATCH,     /* sb_batch */
+    SB_ITEM_REPLY,     /* sb_reply */
+    SB_ITEM_EOF        /* drain marker: nothing follows */
+} sb_item_kind;
+
+typedef struct {
+    uint32_t kind;
+    void *ptr;
+} sb_item;
+
+#endif

@@ -1,0 +1,623 @@
+#include "sb_wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "snapbus.pb-c.h"
+
+void
+sb_limits_defaults(sb_limits *l)
+{
+    l->max_message_bytes = 4u << 20;
+    l->max_events_per_request = 8192;
+    l->max_payload_bytes = 1u << 20;
+    l->max_name_bytes = 255;
+}
+
+sb_werr
+sb_wire_err_of(sb_err e)
+{
+    switch (e) {
+    case SB_OK: return SB_WERR_NONE;
+    case SB_ETOOBIG: return SB_WERR_TOO_LARGE;
+    case SB_EUNAUTH: return SB_WERR_UNAUTHORIZED;
+    case SB_EDUP: return SB_WERR_DUPLICATE;
+    case SB_ESTORAGE: return SB_WERR_STORAGE_FULL;
+    case SB_ECLOSED: return SB_WERR_SHUTTING_DOWN;
+    case SB_ENOTSUP: return SB_WERR_UNSUPPORTED;
+    case SB_EPROTO: return SB_WERR_BAD_VERSION;
+    case SB_ENOENT: return SB_WERR_OUT_OF_RETENTION;
+    default: return SB_WERR_INVALID;
+    }
+}
+
+/* ---- protobuf reading -------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+} s_rd;
+
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+static int
+s_varint(s_rd *r, uint64_t *v)
+{
+    uint64_t x = 0;
+
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end)
+            return -1;
+        uint8_t b = *r->p++;
+        x |= (uint64_t) (b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1; /* more than 10 bytes */
+}
+
+/* One field: its number, wire type, and either a value or a slice. */
+typedef struct {
+    uint32_t num;
+    uint32_t wt;
+    uint64_t v;
+    const uint8_t *ptr;
+    size_t len;
+} s_field;
+
+/* 1: got a field, 0: end of input, -1: malformed. */
+static int
+s_next(s_rd *r, s_field *f)
+{
+    uint64_t key;
+
+    if (r->p == r->end)
+        return 0;
+    if (s_varint(r, &key) < 0 || (key >> 3) == 0 || (key >> 3) > 536870911u)
+        return -1;
+    f->num = (uint32_t) (key >> 3);
+    f->wt = (uint32_t) (key & 7);
+    switch (f->wt) {
+    case WT_VARINT:
+        return s_varint(r, &f->v) < 0 ? -1 : 1;
+    case WT_I64:
+        if (r->end - r->p < 8)
+            return -1;
+        memcpy(&f->v, r->p, 8);
+        r->p += 8;
+        return 1;
+    case WT_I32:
+        if (r->end - r->p < 4)
+            return -1;
+        r->p += 4;
+        return 1;
+    case WT_LEN:
+        if (s_varint(r, &f->v) < 0 || f->v > (uint64_t) (r->end - r->p))
+            return -1;
+        f->ptr = r->p;
+        f->len = (size_t) f->v;
+        r->p += f->len;
+        return 1;
+    default: /* groups are not part of this protocol */
+        return -1;
+    }
+}
+
+int
+sb_wire_name_ok(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *) s, *end = p + n;
+
+    while (p < end) {
+        unsigned c = *p;
+        size_t k;
+        uint32_t cp;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            k = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            k = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            k = 3, cp = c & 0x07;
+        else
+            return 0;
+        if ((size_t) (end - p) <= k)
+            return 0;
+        for (size_t i = 1; i <= k; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        /* Overlong forms, surrogates and values past U+10FFFF. */
+        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+            return 0;
+        p += k + 1;
+    }
+    return 1;
+}
+
+/* Field numbers of Event that are strings or bytes, and what they hold. */
+enum {
+    EV_AGG = 1, EV_TYPE = 2, EV_PAYLOAD = 3, EV_EVENT_ID = 4,
+    EV_SOURCE_POS = 5, EV_CAUSED_BY = 6, EV_PRODUCER_ID = 7,
+    EV_PRODUCER_SEQ = 8, EV_CLIENT_TS = 9, EV_HAS_SOURCE_POS = 10
+};
+
+static int
+s_ev_is_len(uint32_t num)
+{
+    return num == EV_AGG || num == EV_TYPE || num == EV_PAYLOAD ||
+           num == EV_EVENT_ID || num == EV_PRODUCER_ID;
+}
+
+/* First pass over one Event: bytes it needs (strings get a NUL). */
+static int
+s_event_size(const uint8_t *p, size_t n, size_t *bytes)
+{
+    s_rd r = {p, p + n};
+    s_field f;
+    int rc;
+
+    while ((rc = s_next(&r, &f)) == 1) {
+        if (f.num <= EV_HAS_SOURCE_POS && (f.wt == WT_LEN) != s_ev_is_len(f.num))
+            return -1;
+        if (f.wt == WT_LEN && s_ev_is_len(f.num))
+            *bytes += f.len + 1;
+    }
+    return rc;
+}
+
+static void
+s_set_status(sb_event *ev, sb_err e)
+{
+    if (ev->status == SB_OK)
+        ev->status = (uint8_t) e;
+}
+
+static void
+s_check_name(sb_event *ev, const char *s, uint32_t n, const sb_limits *lim,
+             int required)
+{
+    if (n == 0) {
+        if (required)
+            s_set_status(ev, SB_EINVAL);
+    } else if (n > lim->max_name_bytes) {
+        s_set_status(ev, SB_ETOOBIG);
+    } else if (!sb_wire_name_ok(s, n)) {
+        s_set_status(ev, SB_EINVAL);
+    }
+}
+
+/* Second pass: fills ev, copying bytes to *data. Fields repeated on the wire
+ * take the last value, as protobuf says. */
+static void
+s_event_fill(sb_event *ev, const uint8_t *p, size_t n, uint8_t **data,
+             const sb_limits *lim)
+{
+    s_rd r = {p, p + n};
+    s_field f;
+
+    while (s_next(&r, &f) == 1) {
+        if (f.wt == WT_LEN && s_ev_is_len(f.num)) {
+            uint8_t *d = *data;
+            memcpy(d, f.ptr, f.len);
+            d[f.len] = 0;
+            *data += f.len + 1;
+            uint32_t len = f.len > UINT32_MAX ? UINT32_MAX : (uint32_t) f.len;
+            switch (f.num) {
+            case EV_AGG: ev->agg = (char *) d, ev->agg_len = len; break;
+            case EV_TYPE: ev->type = (char *) d, ev->type_len = len; break;
+            case EV_PAYLOAD: ev->payload = d, ev->payload_len = len; break;
+            case EV_EVENT_ID: ev->event_id = (char *) d, ev->event_id_len = len; break;
+            case EV_PRODUCER_ID: ev->producer_id = (char *) d, ev->producer_id_len = len; break;
+            }
+        } else if (f.wt == WT_VARINT) {
+            switch (f.num) {
+            case EV_SOURCE_POS: ev->source_pos = f.v; break;
+            case EV_CAUSED_BY: ev->caused_by = f.v; break;
+            case EV_PRODUCER_SEQ: ev->producer_seq = f.v; break;
+            case EV_CLIENT_TS: ev->client_ts_ms = f.v; break;
+            case EV_HAS_SOURCE_POS: ev->has_source_pos = f.v != 0; break;
+            }
+        }
+    }
+    if (ev->agg == NULL)
+        ev->agg = "";
+    if (ev->type == NULL)
+        ev->type = "";
+    s_check_name(ev, ev->agg, ev->agg_len, lim, 1);
+    s_check_name(ev, ev->type, ev->type_len, lim, 1);
+    if (ev->event_id != NULL)
+        s_check_name(ev, ev->event_id, ev->event_id_len, lim, 0);
+    if (ev->producer_id != NULL)
+        s_check_name(ev, ev->producer_id, ev->producer_id_len, lim, 0);
+    if (ev->payload_len > lim->max_payload_bytes)
+        s_set_status(ev, SB_ETOOBIG);
+}
+
+static void
+s_refuse(sb_wire_request *out, sb_werr e, const char *detail)
+{
+    out->err = e;
+    out->detail = detail;
+}
+
+static sb_err
+s_decode_publish(const uint8_t *p, size_t n, const sb_limits *lim,
+                 sb_wire_request *out)
+{
+    s_rd r = {p, p + n};
+    s_field f;
+    uint64_t ack = 0, nev = 0;
+    size_t bytes = 0;
+    int rc;
+    sb_req *req;
+    uint8_t *data;
+
+    while ((rc = s_next(&r, &f)) == 1) {
+        if (f.num == 1) {
+            if (f.wt != WT_VARINT)
+                return s_refuse(out, SB_WERR_INVALID, "publish.ack has the wrong wire type"), SB_OK;
+            ack = f.v;
+        } else if (f.num == 2) {
+            if (f.wt != WT_LEN)
+                return s_refuse(out, SB_WERR_INVALID, "publish.events has the wrong wire type"), SB_OK;
+            if (++nev > lim->max_events_per_request)
+                return s_refuse(out, SB_WERR_TOO_LARGE, "too many events in one request"), SB_OK;
+            if (s_event_size(f.ptr, f.len, &bytes) < 0)
+                return s_refuse(out, SB_WERR_INVALID, "malformed event"), SB_OK;
+        }
+    }
+    if (rc < 0)
+        return s_refuse(out, SB_WERR_INVALID, "malformed publish"), SB_OK;
+    if (nev == 0)
+        return s_refuse(out, SB_WERR_INVALID, "publish without events"), SB_OK;
+    if (ack > SB_ACK_PUBLISHED)
+        return s_refuse(out, SB_WERR_INVALID, "unknown ack level"), SB_OK;
+    if (ack == SB_ACK_DURABLE)
+        return s_refuse(out, SB_WERR_UNSUPPORTED,
+                        "durable acks need the on-disk log, which this broker does not have"), SB_OK;
+
+    if (sb_req_new(&req, (uint32_t) nev, bytes, &data) != SB_OK)
+        return SB_ENOMEM;
+    req->request_id = out->request_id;
+    req->ack = (uint8_t) ack;
+    r = (s_rd){p, p + n};
+    uint32_t i = 0;
+    while (s_next(&r, &f) == 1)
+        if (f.num == 2)
+            s_event_fill(&req->ev[i++], f.ptr, f.len, &data, lim);
+    for (i = 0; i < req->nevents; i++)
+        req->naccepted += req->ev[i].status == SB_OK;
+    out->req = req;
+    return SB_OK;
+}
+
+static void
+s_decode_other(const uint8_t *p, size_t n, const sb_limits *lim,
+               sb_wire_request *out)
+{
+    Snapbus__Request *m = snapbus__request__unpack(NULL, n, p);
+
+    if (m == NULL) {
+        s_refuse(out, SB_WERR_INVALID, "malformed request");
+        return;
+    }
+    if (m->body_case == SNAPBUS__REQUEST__BODY_HELLO) {
+        out->kind = SB_WREQ_HELLO;
+    } else if (m->body_case == SNAPBUS__REQUEST__BODY_FETCH) {
+        Snapbus__Fetch *f = m->fetch;
+        size_t plen = f->prefix ? strlen(f->prefix) : 0;
+        out->kind = SB_WREQ_FETCH;
+        if (plen > lim->max_name_bytes || plen >= sizeof out->fetch.prefix)
+            s_refuse(out, SB_WERR_TOO_LARGE, "fetch prefix too long");
+        else if (plen > 0 && !sb_wire_name_ok(f->prefix, plen))
+            s_refuse(out, SB_WERR_INVALID, "fetch prefix is not UTF-8");
+        else if (f->to_seq != 0 && f->to_seq < f->from_seq)
+            s_refuse(out, SB_WERR_INVALID, "fetch range is reversed");
+        else {
+            memcpy(out->fetch.prefix, f->prefix ? f->prefix : "", plen + 1);
+            out->fetch.prefix_len = (uint32_t) plen;
+            out->fetch.from_seq = f->from_seq;
+            out->fetch.to_seq = f->to_seq;
+            out->fetch.after_batch_id = f->after_batch_id;
+            out->fetch.max_batches = f->max_batches;
+            out->fetch.max_bytes = f->max_bytes;
+        }
+    } else {
+        s_refuse(out, SB_WERR_INVALID, "request without a body");
+    }
+    snapbus__request__free_unpacked(m, NULL);
+}
+
+sb_err
+sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
+                       sb_wire_request *out)
+{
+    s_rd r = {buf, (const uint8_t *) buf + len};
+    s_field f, body = {0};
+    uint64_t version = 0;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    if (len > lim->max_message_bytes) {
+        s_refuse(out, SB_WERR_TOO_LARGE, "message larger than max_message_bytes");
+        return SB_OK;
+    }
+    /* Version and request id first, so even a refusal can be matched. */
+    while ((rc = s_next(&r, &f)) == 1) {
+        if (f.num == 1 && f.wt == WT_VARINT)
+            version = f.v;
+        else if (f.num == 2 && f.wt == WT_VARINT)
+            out->request_id = f.v;
+        else if (f.num >= 3 && f.num <= 5 && f.wt == WT_LEN)
+            body = f;
+        else if (f.num <= 5)
+            rc = -1;
+        if (rc < 0)
+            break;
+    }
+    if (rc < 0) {
+        s_refuse(out, SB_WERR_INVALID, "malformed request");
+        return SB_OK;
+    }
+    if (version != SB_WIRE_VERSION) {
+        s_refuse(out, SB_WERR_BAD_VERSION, "unsupported protocol version");
+        return SB_OK;
+    }
+    if (body.num == 4) {
+        out->kind = SB_WREQ_PUBLISH;
+        return s_decode_publish(body.ptr, body.len, lim, out);
+    }
+    if (body.num == 0) {
+        s_refuse(out, SB_WERR_INVALID, "request without a body");
+        return SB_OK;
+    }
+    s_decode_other(buf, len, lim, out);
+    return SB_OK;
+}
+
+/* ---- protobuf writing -------------------------------------------------- */
+
+static size_t
+s_vsize(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *
+s_put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t) (v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t) v;
+    return p;
+}
+
+/* Field numbers here are all < 16, so every tag is one byte. */
+static size_t
+s_uint_size(uint64_t v)
+{
+    return v ? 1 + s_vsize(v) : 0;
+}
+
+static size_t
+s_len_size(size_t n)
+{
+    return n ? 1 + s_vsize(n) + n : 0;
+}
+
+static uint8_t *
+s_put_uint(uint8_t *p, uint32_t num, uint64_t v)
+{
+    if (v == 0)
+        return p;
+    *p++ = (uint8_t) (num << 3 | WT_VARINT);
+    return s_put_varint(p, v);
+}
+
+static uint8_t *
+s_put_bytes(uint8_t *p, uint32_t num, const void *s, size_t n)
+{
+    if (n == 0)
+        return p;
+    *p++ = (uint8_t) (num << 3 | WT_LEN);
+    p = s_put_varint(p, n);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static int
+s_foreign(const sb_batch *b, const sb_event *ev)
+{
+    return ev->agg_len != b->agg_len || memcmp(ev->agg, b->agg, b->agg_len) != 0;
+}
+
+static size_t
+s_sev_size(const sb_batch *b, const sb_event *ev)
+{
+    return s_uint_size(ev->seq) + s_uint_size(ev->agg_seq) +
+           (s_foreign(b, ev) ? s_len_size(ev->agg_len) : 0) +
+           s_len_size(ev->type_len) + s_len_size(ev->payload_len) +
+           s_len_size(ev->event_id_len) +
+           s_uint_size(ev->has_source_pos ? ev->source_pos : 0) +
+           s_uint_size(ev->caused_by) + s_len_size(ev->producer_id_len) +
+           s_uint_size(ev->producer_seq) + s_uint_size(ev->client_ts_ms) +
+           s_uint_size(ev->has_source_pos);
+}
+
+sb_err
+sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp)
+{
+    size_t n = 0;
+    uint64_t first = b->n ? b->ev[0]->seq : 0, last = b->n ? b->ev[b->n - 1]->seq : 0;
+    uint64_t spos = b->has_source_pos ? b->source_pos : 0;
+
+    n += s_uint_size(SB_WIRE_VERSION) + s_len_size(b->agg_len) +
+         s_uint_size(b->id) + s_uint_size(first) + s_uint_size(last) +
+         s_uint_size(b->agg_last_seq) + s_uint_size(spos) +
+         s_uint_size(b->timestamp_ms) + s_uint_size(b->prev_last_seq) +
+         s_uint_size(b->close_reason) + s_uint_size(b->has_source_pos);
+    for (uint32_t i = 0; i < b->n; i++) {
+        size_t e = s_sev_size(b, b->ev[i]);
+        n += 1 + s_vsize(e) + e;
+    }
+
+    uint8_t *buf = malloc(hdr + n), *p;
+    if (buf == NULL)
+        return SB_ENOMEM;
+    p = buf + hdr;
+    p = s_put_uint(p, 1, SB_WIRE_VERSION);
+    p = s_put_bytes(p, 2, b->agg, b->agg_len);
+    p = s_put_uint(p, 3, b->id);
+    p = s_put_uint(p, 4, first);
+    p = s_put_uint(p, 5, last);
+    p = s_put_uint(p, 6, b->agg_last_seq);
+    p = s_put_uint(p, 7, spos);
+    p = s_put_uint(p, 8, b->timestamp_ms);
+    p = s_put_uint(p, 9, b->prev_last_seq);
+    p = s_put_uint(p, 10, b->close_reason);
+    for (uint32_t i = 0; i < b->n; i++) {
+        const sb_event *ev = b->ev[i];
+        *p++ = (uint8_t) (11 << 3 | WT_LEN);
+        p = s_put_varint(p, s_sev_size(b, ev));
+        p = s_put_uint(p, 1, ev->seq);
+        p = s_put_uint(p, 2, ev->agg_seq);
+        if (s_foreign(b, ev))
+            p = s_put_bytes(p, 3, ev->agg, ev->agg_len);
+        p = s_put_bytes(p, 4, ev->type, ev->type_len);
+        p = s_put_bytes(p, 5, ev->payload, ev->payload_len);
+        p = s_put_bytes(p, 6, ev->event_id, ev->event_id_len);
+        p = s_put_uint(p, 7, ev->has_source_pos ? ev->source_pos : 0);
+        p = s_put_uint(p, 8, ev->caused_by);
+        p = s_put_bytes(p, 9, ev->producer_id, ev->producer_id_len);
+        p = s_put_uint(p, 10, ev->producer_seq);
+        p = s_put_uint(p, 11, ev->client_ts_ms);
+        p = s_put_uint(p, 12, ev->has_source_pos);
+    }
+    p = s_put_uint(p, 12, b->has_source_pos);
+    *bufp = buf;
+    *lenp = (size_t) (p - buf) - hdr;
+    return SB_OK;
+}
+
+/* ---- replies through protobuf-c ---------------------------------------- */
+
+static sb_err
+s_pack_reply(Snapbus__Reply *m, uint8_t **bufp, size_t *lenp)
+{
+    size_t n = snapbus__reply__get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1);
+
+    if (buf == NULL)
+        return SB_ENOMEM;
+    *lenp = snapbus__reply__pack(m, buf);
+    *bufp = buf;
+    return SB_OK;
+}
+
+sb_err
+sb_wire_encode_error(uint64_t request_id, sb_werr err, const char *detail,
+                     uint8_t **buf, size_t *len)
+{
+    Snapbus__Reply m = SNAPBUS__REPLY__INIT;
+
+    m.version = SB_WIRE_VERSION;
+    m.request_id = request_id;
+    m.error = (Snapbus__ErrorCode) err;
+    m.detail = (char *) (detail ? detail : "");
+    return s_pack_reply(&m, buf, len);
+}
+
+sb_err
+sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
+{
+    Snapbus__Reply m = SNAPBUS__REPLY__INIT;
+    Snapbus__PublishReply pr = SNAPBUS__PUBLISH_REPLY__INIT;
+    Snapbus__EventResult *res = calloc(rp->n ? rp->n : 1, sizeof *res);
+    Snapbus__EventResult **resp = calloc(rp->n ? rp->n : 1, sizeof *resp);
+    sb_err rc;
+
+    if (res == NULL || resp == NULL) {
+        free(res);
+        free(resp);
+        return SB_ENOMEM;
+    }
+    for (uint32_t i = 0; i < rp->n; i++) {
+        snapbus__event_result__init(&res[i]);
+        res[i].error = (Snapbus__ErrorCode) sb_wire_err_of(rp->r[i].status);
+        res[i].seq = rp->r[i].seq;
+        res[i].aggregate_seq = rp->r[i].agg_seq;
+        res[i].batch_id = rp->r[i].batch_id;
+        if (rp->r[i].status != SB_OK)
+            res[i].detail = (char *) sb_strerror(rp->r[i].status);
+        resp[i] = &res[i];
+    }
+    pr.ack = (Snapbus__AckLevel) rp->ack;
+    pr.n_results = rp->n;
+    pr.results = resp;
+    m.version = SB_WIRE_VERSION;
+    m.request_id = rp->request_id;
+    m.body_case = SNAPBUS__REPLY__BODY_PUBLISH;
+    m.publish = &pr;
+    rc = s_pack_reply(&m, buf, len);
+    free(res);
+    free(resp);
+    return rc;
+}
+
+sb_err
+sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
+                           uint8_t **buf, size_t *len)
+{
+    Snapbus__Reply m = SNAPBUS__REPLY__INIT;
+    Snapbus__HelloReply hr = SNAPBUS__HELLO_REPLY__INIT;
+
+    hr.broker = (char *) h->broker;
+    hr.max_message_bytes = h->limits.max_message_bytes;
+    hr.max_events_per_request = h->limits.max_events_per_request;
+    hr.max_payload_bytes = h->limits.max_payload_bytes;
+    hr.max_name_bytes = h->limits.max_name_bytes;
+    hr.last_seq = h->last_seq;
+    hr.last_batch_id = h->last_batch_id;
+    m.version = SB_WIRE_VERSION;
+    m.request_id = request_id;
+    m.body_case = SNAPBUS__REPLY__BODY_HELLO;
+    m.hello = &hr;
+    return s_pack_reply(&m, buf, len);
+}
+
+sb_err
+sb_wire_encode_fetch_reply(uint64_t request_id, const sb_fetch_info_w *f,
+                           uint8_t **buf, size_t *len)
+{
+    Snapbus__Reply m = SNAPBUS__REPLY__INIT;
+    Snapbus__FetchReply fr = SNAPBUS__FETCH_REPLY__INIT;
+
+    fr.count = f->count;
+    fr.last_batch_id = f->last_batch_id;
+    fr.more = f->more != 0;
+    fr.retained_first_seq = f->retained_first_seq;
+    fr.retained_first_batch_id = f->retained_first_batch_id;
+    fr.last_seq = f->last_seq;
+    m.version = SB_WIRE_VERSION;
+    m.request_id = request_id;
+    m.body_case = SNAPBUS__REPLY__BODY_FETCH;
+    m.fetch = &fr;
+    return s_pack_reply(&m, buf, len);
+}

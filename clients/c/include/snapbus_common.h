@@ -1,0 +1,41 @@
+/* Error codes and ack levels, shared by the snapbus client library and
+ * the broker. */
+#ifndef SNAPBUS_COMMON_H
+#define SNAPBUS_COMMON_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SB_EXPORT __attribute__((visibility("default")))
+
+typedef enum {
+    SB_OK = 0,
+    SB_EAGAIN,   /* full (or empty) right now; retry later. Not a failure */
+    SB_ENOMEM,
+    SB_EINVAL,   /* invalid argument or event (ERR_INVALID) */
+    SB_ETOOBIG,  /* over a size or count limit (ERR_TOO_LARGE) */
+    SB_EPROTO,   /* malformed wire input or unknown version */
+    SB_EDUP,     /* duplicate (ERR_DUPLICATE) */
+    SB_EUNAUTH,  /* unauthorized (ERR_UNAUTHORIZED) */
+    SB_ESTORAGE, /* storage full (ERR_STORAGE_FULL) */
+    SB_ECLOSED,  /* shutting down (ERR_SHUTTING_DOWN) or closed */
+    SB_ESYS,     /* an OS or ZeroMQ call failed */
+    SB_ENOTSUP,  /* well formed but not served (ERR_UNSUPPORTED) */
+    SB_ENOENT,   /* not found; out of retention (ERR_OUT_OF_RETENTION) */
+    SB_ETIMEDOUT
+} sb_err;
+
+SB_EXPORT const char *sb_strerror(sb_err e);
+
+typedef enum {
+    SB_ACK_NONE = 0,      /* fire-and-forget */
+    SB_ACK_SEQUENCED = 1, /* the broker assigned a seq */
+    SB_ACK_DURABLE = 2,   /* in the synced on-disk log */
+    SB_ACK_PUBLISHED = 3  /* sent to subscribers in a snapshot batch */
+} sb_ack;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

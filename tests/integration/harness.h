@@ -1,0 +1,34 @@
+/* Starts and stops a real snapbusd for integration tests: free loopback
+ * ports (tcp://127.0.0.1:*), endpoints read back from --ready-file, stopped
+ * by PID with SIGTERM. */
+#ifndef SBT_HARNESS_H
+#define SBT_HARNESS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct {
+    pid_t pid;
+    char dir[64];
+    char ingest[128];
+    char pub[128];
+    char query[128];
+} sbt_broker;
+
+/* extra: NULL-terminated flags for snapbusd. 0 on success. */
+int sbt_broker_start(sbt_broker *b, const char *const *extra);
+/* SIGTERM and wait up to timeout_s; the broker's exit status, or -1 if it
+ * had to be killed or died of a signal. */
+int sbt_broker_stop(sbt_broker *b, int timeout_s);
+/* Resident set high-water mark of the broker, KiB (VmHWM). */
+long sbt_broker_vmhwm_kb(const sbt_broker *b);
+
+/* One raw request on a fresh DEALER; returns the reply frames' count and
+ * fills reply (first frame) up to cap. -1 on timeout. */
+int sbt_raw_request(const char *endpoint, const void *const *frames,
+                    const size_t *lens, int nframes, void *reply, size_t cap,
+                    size_t *reply_len, int timeout_ms);
+
+uint64_t sbt_now_ms(void);
+
+#endif

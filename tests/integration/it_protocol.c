@@ -1,0 +1,321 @@
+/* Protocol edges against the real broker, over raw ZeroMQ + protobuf-c:
+ * hello, versions, per-event and whole-request errors, REQ peers, fetch
+ * and its refusals. Each refusal leaves the broker serving. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "harness.h"
+#include "snapbus.pb-c.h"
+
+static sbt_broker broker;
+static void *ctx;
+
+typedef struct {
+    void *s;
+    uint8_t buf[1 << 20];
+    size_t len;
+} conn;
+
+static conn *
+s_connect(const char *ep, int type)
+{
+    conn *c = calloc(1, sizeof *c);
+    int t = 10000, zero = 0;
+    c->s = zmq_socket(ctx, type);
+    zmq_setsockopt(c->s, ZMQ_RCVTIMEO, &t, sizeof t);
+    zmq_setsockopt(c->s, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(c->s, ep), 0);
+    return c;
+}
+
+static void
+s_close(conn *c)
+{
+    zmq_close(c->s);
+    free(c);
+}
+
+static void
+s_send_req(conn *c, Snapbus__Request *r)
+{
+    size_t n = snapbus__request__get_packed_size(r);
+    uint8_t *b = malloc(n + 1);
+    snapbus__request__pack(r, b);
+    assert_int_equal(zmq_send(c->s, b, n, 0), (int) n);
+    free(b);
+}
+
+/* Receives a reply; *extra gets the number of frames after it. */
+static Snapbus__Reply *
+s_recv_reply(conn *c, int *extra)
+{
+    int n = zmq_recv(c->s, c->buf, sizeof c->buf, 0), more = 0;
+    size_t sz = sizeof more;
+    assert_true(n >= 0);
+    Snapbus__Reply *r = snapbus__reply__unpack(NULL, (size_t) n, c->buf);
+    assert_non_null(r);
+    if (extra)
+        *extra = 0;
+    zmq_getsockopt(c->s, ZMQ_RCVMORE, &more, &sz);
+    while (more) {
+        zmq_recv(c->s, c->buf, sizeof c->buf, 0);
+        if (extra)
+            (*extra)++;
+        zmq_getsockopt(c->s, ZMQ_RCVMORE, &more, &sz);
+    }
+    return r;
+}
+
+static Snapbus__Reply *
+s_publish(conn *c, uint32_t version, int ack, Snapbus__Event **ev, size_t n)
+{
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Publish p = SNAPBUS__PUBLISH__INIT;
+    static uint64_t id = 100;
+
+    p.ack = (Snapbus__AckLevel) ack;
+    p.events = ev;
+    p.n_events = n;
+    r.version = version;
+    r.request_id = ++id;
+    r.body_case = SNAPBUS__REQUEST__BODY_PUBLISH;
+    r.publish = &p;
+    s_send_req(c, &r);
+    Snapbus__Reply *rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->request_id, id);
+    return rep;
+}
+
+static void
+s_ev(Snapbus__Event *e, const char *agg)
+{
+    snapbus__event__init(e);
+    e->aggregate = (char *) agg;
+    e->type = "T";
+    e->payload.data = (uint8_t *) "payload";
+    e->payload.len = 7;
+}
+
+static void
+test_hello_and_versions(void **state)
+{
+    conn *c = s_connect(broker.ingest, ZMQ_DEALER);
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    Snapbus__Event e, *ev[1] = {&e};
+
+    r.version = 1;
+    r.request_id = 1;
+    r.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    r.hello = &h;
+    h.client = "it_protocol";
+    s_send_req(c, &r);
+    Snapbus__Reply *rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_int_equal(rep->body_case, SNAPBUS__REPLY__BODY_HELLO);
+    assert_int_equal(rep->hello->max_name_bytes, 255);
+    assert_true(rep->hello->max_message_bytes >= 1024);
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    s_ev(&e, "v/1");
+    rep = s_publish(c, 2, 1, ev, 1);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_BAD_VERSION);
+    assert_int_equal(rep->version, 1); /* tells what it speaks */
+    snapbus__reply__free_unpacked(rep, NULL);
+    rep = s_publish(c, 1, 2, ev, 1);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_UNSUPPORTED);
+    snapbus__reply__free_unpacked(rep, NULL);
+    rep = s_publish(c, 1, 7, ev, 1);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+}
+
+static void
+test_per_event_errors(void **state)
+{
+    conn *c = s_connect(broker.ingest, ZMQ_DEALER);
+    Snapbus__Event e[3], *ev[3] = {&e[0], &e[1], &e[2]};
+
+    s_ev(&e[0], "");        /* no aggregate */
+    s_ev(&e[1], "good/1");
+    s_ev(&e[2], "bad\xff"); /* not UTF-8 */
+    Snapbus__Reply *rep = s_publish(c, 1, 1, ev, 3);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_int_equal(rep->publish->n_results, 3);
+    assert_int_equal(rep->publish->results[0]->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    assert_int_equal(rep->publish->results[1]->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_true(rep->publish->results[1]->seq > 0);
+    assert_int_equal(rep->publish->results[2]->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    uint64_t seq = rep->publish->results[1]->seq;
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    /* Fire-and-forget hears of refusals too, at once. */
+    rep = s_publish(c, 1, 0, ev, 1);
+    assert_int_equal(rep->publish->results[0]->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    /* The refused events took no seq: the next one follows directly. */
+    rep = s_publish(c, 1, 1, ev + 1, 1);
+    assert_int_equal(rep->publish->results[0]->seq, seq + 1);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+}
+
+static void
+test_req_peer_and_frames(void **state)
+{
+    conn *c = s_connect(broker.ingest, ZMQ_REQ); /* sends an empty delimiter */
+    Snapbus__Event e, *ev[1] = {&e};
+
+    s_ev(&e, "req/1");
+    Snapbus__Reply *rep = s_publish(c, 1, 3, ev, 1); /* published ack */
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_true(rep->publish->results[0]->batch_id > 0);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+
+    c = s_connect(broker.ingest, ZMQ_DEALER);
+    zmq_send(c->s, "", 0, 0); /* an empty message */
+    rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    snapbus__reply__free_unpacked(rep, NULL);
+    zmq_send(c->s, "x", 1, ZMQ_SNDMORE);
+    zmq_send(c->s, "y", 1, ZMQ_SNDMORE);
+    zmq_send(c->s, "z", 1, 0);
+    rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    snapbus__reply__free_unpacked(rep, NULL);
+    /* Fetch belongs on the query socket. */
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Fetch f = SNAPBUS__FETCH__INIT;
+    r.version = 1;
+    r.body_case = SNAPBUS__REQUEST__BODY_FETCH;
+    r.fetch = &f;
+    s_send_req(c, &r);
+    rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_UNSUPPORTED);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+}
+
+static Snapbus__Reply *
+s_fetch(conn *q, const char *prefix, uint64_t from, uint64_t to, uint64_t after,
+        uint32_t max, int *frames)
+{
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Fetch f = SNAPBUS__FETCH__INIT;
+    r.version = 1;
+    r.request_id = 9;
+    r.body_case = SNAPBUS__REQUEST__BODY_FETCH;
+    r.fetch = &f;
+    f.prefix = (char *) prefix;
+    f.from_seq = from;
+    f.to_seq = to;
+    f.after_batch_id = after;
+    f.max_batches = max;
+    s_send_req(q, &r);
+    return s_recv_reply(q, frames);
+}
+
+static void
+test_fetch(void **state)
+{
+    conn *c = s_connect(broker.ingest, ZMQ_DEALER);
+    conn *q = s_connect(broker.query, ZMQ_DEALER);
+    Snapbus__Event e, *ev[1] = {&e};
+    uint64_t last = 0;
+    int frames;
+
+    for (int i = 0; i < 20; i++) { /* 20 batches: delay 0, one per request */
+        s_ev(&e, i % 2 ? "f/odd" : "f/even");
+        Snapbus__Reply *rep = s_publish(c, 1, 3, ev, 1);
+        assert_int_equal(rep->publish->results[0]->error, 0);
+        last = rep->publish->results[0]->seq;
+        snapbus__reply__free_unpacked(rep, NULL);
+    }
+    /* Retention keeps 8 batches here: the last 8 published. */
+    Snapbus__Reply *rep = s_fetch(q, "f/", 0, 0, 0, 0, &frames);
+    assert_int_equal(rep->error, 0);
+    assert_int_equal(rep->fetch->count, 8);
+    assert_int_equal(frames, 8);
+    assert_int_equal(rep->fetch->last_seq, last);
+    uint64_t horizon = rep->fetch->retained_first_seq;
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    rep = s_fetch(q, "f/odd", last - 3, 0, 0, 0, &frames);
+    assert_int_equal(rep->error, 0);
+    assert_int_equal(rep->fetch->count, 2);
+    /* The batch frames decode, in publish order. */
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    rep = s_fetch(q, "", 1, 0, 0, 0, &frames); /* before retention */
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_OUT_OF_RETENTION);
+    assert_int_equal(frames, 0);
+    snapbus__reply__free_unpacked(rep, NULL);
+    rep = s_fetch(q, "", horizon, 0, 0, 0, &frames);
+    assert_int_equal(rep->error, 0);
+    snapbus__reply__free_unpacked(rep, NULL);
+    rep = s_fetch(q, "", 10, 5, 0, 0, &frames); /* reversed */
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    /* Paging: 3 at a time until `more` is false. */
+    uint64_t after = 0;
+    int pages = 0, total = 0;
+    do {
+        rep = s_fetch(q, "", horizon, 0, after, 3, &frames);
+        assert_int_equal(rep->error, 0);
+        assert_int_equal((int) rep->fetch->count, frames);
+        total += frames;
+        after = rep->fetch->last_batch_id;
+        pages++;
+        int more = rep->fetch->more;
+        snapbus__reply__free_unpacked(rep, NULL);
+        if (!more)
+            break;
+    } while (pages < 100);
+    assert_int_equal(total, 8);
+    assert_int_equal(pages, 3);
+
+    /* A batch frame is a SnapshotBatch. */
+    rep = s_fetch(q, "f/even", 0, 0, 0, 1, &frames);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+    s_close(q);
+}
+
+static int
+setup(void **state)
+{
+    const char *args[] = {"--retain-batches", "8", NULL};
+    ctx = zmq_ctx_new();
+    return sbt_broker_start(&broker, args);
+}
+
+static int
+teardown(void **state)
+{
+    int rc = sbt_broker_stop(&broker, 30);
+    zmq_ctx_term(ctx);
+    return rc == 0 ? 0 : -1;
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest t[] = {
+        cmocka_unit_test(test_hello_and_versions),
+        cmocka_unit_test(test_per_event_errors),
+        cmocka_unit_test(test_req_peer_and_frames),
+        cmocka_unit_test(test_fetch),
+    };
+    return cmocka_run_group_tests(t, setup, teardown);
+}
