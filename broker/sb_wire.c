@@ -163,7 +163,7 @@ static int
 s_event_size(const uint8_t *p, size_t n, size_t *bytes)
 {
     s_rd r = {p, p + n};
-    s_field f;
+    s_field f = {0};
     int rc;
 
     while ((rc = s_next(&r, &f)) == 1) {
@@ -203,7 +203,7 @@ s_event_fill(sb_event *ev, const uint8_t *p, size_t n, uint8_t **data,
              const sb_limits *lim)
 {
     s_rd r = {p, p + n};
-    s_field f;
+    s_field f = {0};
 
     while (s_next(&r, &f) == 1) {
         if (f.wt == WT_LEN && s_ev_is_len(f.num)) {
@@ -255,7 +255,7 @@ s_decode_publish(const uint8_t *p, size_t n, const sb_limits *lim,
                  sb_wire_request *out)
 {
     s_rd r = {p, p + n};
-    s_field f;
+    s_field f = {0};
     uint64_t ack = 0, nev = 0;
     size_t bytes = 0;
     int rc;
@@ -343,11 +343,15 @@ sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
                        sb_wire_request *out)
 {
     s_rd r = {buf, (const uint8_t *) buf + len};
-    s_field f, body = {0};
+    s_field f = {0}, body = {0};
     uint64_t version = 0;
     int rc;
 
     memset(out, 0, sizeof *out);
+    if (len == 0) {
+        s_refuse(out, SB_WERR_INVALID, "empty message");
+        return SB_OK;
+    }
     if (len > lim->max_message_bytes) {
         s_refuse(out, SB_WERR_TOO_LARGE, "message larger than max_message_bytes");
         return SB_OK;

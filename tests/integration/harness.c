@@ -23,7 +23,7 @@ static int
 s_read_ready(sbt_broker *b, const char *path)
 {
     FILE *f = fopen(path, "r");
-    char line[256];
+    char line[240];
 
     if (f == NULL)
         return -1;

@@ -10,9 +10,9 @@
 typedef struct {
     pid_t pid;
     char dir[64];
-    char ingest[128];
-    char pub[128];
-    char query[128];
+    char ingest[256];
+    char pub[256];
+    char query[256];
 } sbt_broker;
 
 /* extra: NULL-terminated flags for snapbusd. 0 on success. */

@@ -134,7 +134,7 @@ test_refuses_bad_version_and_garbage(void **state)
             sb_req_unref(w.req);
     }
     assert_int_equal(sb_wire_decode_request("", 0, &lim, &w), SB_OK);
-    assert_int_equal(w.err, SB_WERR_BAD_VERSION);
+    assert_int_equal(w.err, SB_WERR_INVALID);
 }
 
 static void
