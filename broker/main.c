@@ -1,25 +1,36 @@
 /* snapbusd: loads the configuration, starts the actors downstream first,
  * waits for SIGTERM or SIGINT, then drains: the ingest stops intake and
  * sends an end marker down the pipeline, every open batch is flushed and
- * published, every pending ack is sent, and the actors stop in order. */
+ * published, every pending ack is sent, and the actors stop in order.
+ *
+ * Before any actor starts, the on-disk log is opened and recovered: seqs,
+ * aggregate seqs, batch ids and each topic's last seq continue from what
+ * it holds, and the events that were in no published batch at the crash
+ * are handed to the log store, which feeds them to the router again. */
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "sb_clock.h"
 #include "sb_config.h"
 #include "sb_ingest.h"
 #include "sb_link.h"
 #include "sb_log.h"
+#include "sb_logstore.h"
+#include "sb_metrics.h"
 #include "sb_msg.h"
 #include "sb_fanout.h"
 #include "sb_router.h"
 #include "sb_sequencer.h"
+#include "sb_store.h"
 #include "sb_timelock.h"
 
 #define SB_VERSION "0.1.0"
@@ -29,7 +40,7 @@ extern char **environ;
 
 typedef struct {
     sb_link *to_seq, *seq_replies, *to_router, *to_timelock, *dues,
-        *to_publisher, *pub_replies;
+        *to_publisher, *pub_replies, *to_log, *log_batches, *log_replies;
 } s_links;
 
 static sb_err
@@ -39,13 +50,30 @@ s_links_new(s_links *l, uint32_t q)
 
     if ((rc = sb_link_new(&l->to_seq, "ingest->sequencer", sizeof(sb_item), q)) ||
         (rc = sb_link_new(&l->seq_replies, "sequencer->ingest", sizeof(sb_item), q)) ||
-        (rc = sb_link_new(&l->to_router, "sequencer->router", sizeof(sb_item), q)) ||
+        (rc = sb_link_new(&l->to_router, "logstore->router", sizeof(sb_item), q)) ||
         (rc = sb_link_new(&l->to_timelock, "router->timelock", sizeof(sb_timer_cmd), q)) ||
         (rc = sb_link_new(&l->dues, "timelock->router", sizeof(sb_timer_cmd), q)) ||
-        (rc = sb_link_new(&l->to_publisher, "router->publisher", sizeof(sb_item), q)) ||
-        (rc = sb_link_new(&l->pub_replies, "publisher->ingest", sizeof(sb_item), q)))
+        (rc = sb_link_new(&l->to_publisher, "logstore->publisher", sizeof(sb_item), q)) ||
+        (rc = sb_link_new(&l->pub_replies, "publisher->ingest", sizeof(sb_item), q)) ||
+        (rc = sb_link_new(&l->to_log, "sequencer->logstore", sizeof(sb_item), q)) ||
+        (rc = sb_link_new(&l->log_batches, "router->logstore", sizeof(sb_item), q)) ||
+        (rc = sb_link_new(&l->log_replies, "logstore->ingest", sizeof(sb_item), q)))
         return rc;
     return SB_OK;
+}
+
+/* The link called name, for [debug] hold; NULL if none. s_links holds
+ * only sb_link pointers, so it is walked as an array and every link added
+ * to it can be held. */
+static sb_link *
+s_link_named(s_links *l, const char *name)
+{
+    sb_link **v = (sb_link **) l;
+
+    for (size_t i = 0; i < sizeof *l / sizeof *v; i++)
+        if (v[i] != NULL && strcmp(sb_link_name(v[i]), name) == 0)
+            return v[i];
+    return NULL;
 }
 
 static void
@@ -58,6 +86,42 @@ s_links_destroy(s_links *l)
     sb_link_destroy(&l->dues);
     sb_link_destroy(&l->to_publisher);
     sb_link_destroy(&l->pub_replies);
+    sb_link_destroy(&l->to_log);
+    sb_link_destroy(&l->log_batches);
+    sb_link_destroy(&l->log_replies);
+}
+
+/* Recovery hands every aggregate's last seq to the sequencer... */
+static sb_err
+s_restore_seq(sb_sequencer *s, void *ctx)
+{
+    const sb_store_recovery *rec = ctx;
+    sb_err rc;
+
+    for (size_t i = 0; i < rec->naggs; i++)
+        if ((rc = sb_sequencer_set_agg(s, rec->aggs[i].name, rec->aggs[i].len,
+                                       rec->aggs[i].agg_seq)) != SB_OK)
+            return rc;
+    return SB_OK;
+}
+
+/* ...and every topic's last published seq and source position to the
+ * router, so prev_last_seq runs on across the restart. */
+static sb_err
+s_restore_router(sb_router *r, void *ctx)
+{
+    const sb_store_recovery *rec = ctx;
+    sb_err rc;
+
+    for (size_t i = 0; i < rec->naggs; i++) {
+        const sb_store_agg *a = &rec->aggs[i];
+        if (a->topic_last_seq == 0 && !a->has_source_pos)
+            continue;
+        if ((rc = sb_router_set_agg(r, a->name, a->len, a->topic_last_seq,
+                                    a->source_pos, a->has_source_pos)) != SB_OK)
+            return rc;
+    }
+    return SB_OK;
 }
 
 static int
@@ -79,7 +143,7 @@ s_mkdirs(const char *path)
 
 static int
 s_write_ready(const char *path, const char *ingest, const char *pub,
-              const char *query)
+              const char *query, const char *metrics)
 {
     char tmp[600];
     FILE *f;
@@ -89,6 +153,8 @@ s_write_ready(const char *path, const char *ingest, const char *pub,
         return -1;
     fprintf(f, "ingest=%s\npub=%s\nquery=%s\npid=%ld\n", ingest, pub, query,
             (long) getpid());
+    if (metrics[0] != '\0')
+        fprintf(f, "metrics=%s\n", metrics);
     if (fclose(f) != 0)
         return -1;
     return rename(tmp, path); /* readers never see half a file */
@@ -109,6 +175,10 @@ main(int argc, char **argv)
     sb_router_actor *router = NULL;
     sb_sequencer_actor *seq = NULL;
     sb_ingest *ingest = NULL;
+    sb_metrics *metrics = NULL;
+    sb_store *store = NULL;
+    sb_store_recovery rec = {0};
+    sb_logstore *logstore = NULL;
     sb_clock clock = sb_clock_system();
     int status = 1;
 
@@ -123,6 +193,12 @@ main(int argc, char **argv)
         }
         check |= strcmp(argv[i], "--check-config") == 0;
     }
+    /* Requests and batches are large and short-lived, allocated by one
+     * actor and freed by another: keep them on the heap rather than mmap
+     * and munmap each one, and stop free() from handing pages back to the
+     * kernel only to fault them in again a moment later. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     sb_config_defaults(&cfg);
     if (((file = sb_config_file_arg(argc, argv)) != NULL &&
          sb_config_load_file(&cfg, file, why, sizeof why) != SB_OK) ||
@@ -137,12 +213,26 @@ main(int argc, char **argv)
         return 0;
     }
     sb_log_set_level((sb_log_level) sb_log_level_parse(cfg.log_level));
+    SB_LOG(SB_LOG_INFO, "broker.config",
+           "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
+           "default_delay_ms=%u delay_rules=%u max_batch_events=%u "
+           "max_batch_bytes=%u max_open_batches=%u retain_batches=%llu "
+           "retain_bytes=%llu metrics=%s log_level=%s",
+           file ? file : "-", cfg.queue, cfg.hwm, cfg.limits.max_message_bytes,
+           cfg.limits.max_payload_bytes, cfg.router.default_delay_ms,
+           cfg.router.nrules, cfg.router.max_batch_events,
+           cfg.router.max_batch_bytes, cfg.router.max_open_batches,
+           (unsigned long long) cfg.retain_batches,
+           (unsigned long long) cfg.retain_bytes,
+           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
 
     /* Signals are taken by this thread alone, with sigwait: every actor
      * thread inherits the blocked mask. */
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGUSR1); /* [debug] hold: release */
+    sigaddset(&sigs, SIGUSR2); /* [debug] hold: hold again */
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -151,63 +241,142 @@ main(int argc, char **argv)
                strerror(errno));
         return 1;
     }
+    /* Metrics first, with signals blocked (its thread inherits the mask),
+     * so /healthz answers while the rest starts. */
+    if (cfg.metrics[0] != '\0' &&
+        sb_metrics_new(&metrics, cfg.metrics, SB_VERSION) != SB_OK)
+        goto out;
+    /* The log before anything else: every number the actors start from
+     * comes out of its recovery. */
+    if (cfg.storage.dir[0] == '\0' &&
+        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
+                          cfg.data_dir) >= sizeof cfg.storage.dir) {
+        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
+        goto out;
+    }
+    sb_err src = sb_store_open(&store, &cfg.storage, &rec);
+    if (src != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=%s", cfg.storage.dir,
+               sb_strerror(src));
+        goto out;
+    }
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
         goto out;
+    /* Fault injection (tests): this link's consumer sees nothing until
+     * SIGUSR1, so backpressure builds as behind a stalled stage. */
+    sb_link *held = NULL;
+    if (cfg.debug_hold[0] != '\0') {
+        if ((held = s_link_named(&l, cfg.debug_hold)) == NULL) {
+            SB_LOG(SB_LOG_ERR, "broker.debug_hold", "link=%s why=\"no such link\"",
+                   cfg.debug_hold);
+            goto out;
+        }
+        sb_link_set_hold(held, 1);
+        SB_LOG(SB_LOG_WARN, "broker.hold", "link=%s held=1", cfg.debug_hold);
+    }
+    /* A new epoch at every start lets clients tell a restarted broker. */
+    uint64_t epoch = sb_clock_wall_ms();
+    if (getrandom(&epoch, sizeof epoch, 0) != (ssize_t) sizeof epoch)
+        epoch ^= (uint64_t) getpid() << 32;
 
     sb_fanout_args pa = {ctx, cfg.pub, cfg.query, (int) cfg.hwm,
                             cfg.retain_batches, cfg.retain_bytes,
                             cfg.fetch_max_batches, cfg.fetch_max_bytes,
-                            cfg.fetch_max_scan, l.to_publisher, l.pub_replies};
+                            cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
+                            epoch, l.to_publisher, l.pub_replies,
+                            cfg.storage.dir, rec.last_seq, rec.last_batch_id};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
                               l.to_timelock, l.dues) != SB_OK)
         goto out;
-    sb_router_actor_args ra = {cfg.router, clock, 1, l.to_router, l.dues,
-                               l.to_timelock, l.to_publisher};
+    sb_router_actor_args ra = {cfg.router, clock, rec.last_batch_id + 1,
+                               l.to_router, l.dues, l.to_timelock,
+                               l.log_batches, s_restore_router, &rec};
     if (sb_router_actor_new(&router, &ra) != SB_OK)
         goto out;
-    sb_sequencer_actor_args sa = {1, l.to_seq, l.seq_replies, l.to_router};
+    sb_logstore_args la = {
+        .store = store, .rebatch = rec.unbatched, .nrebatch = rec.nunbatched,
+        .sync = (sb_sync_policy) sb_store_sync_parse(cfg.storage.sync),
+        .sync_interval_ms = cfg.storage.sync_interval_ms,
+        /* Everything in flight when the disk fills is held, not parked:
+         * then the ingest can go on answering ERR_STORAGE_FULL. */
+        .max_held = 2 * cfg.queue + 8, .clock = clock, .in = l.to_log,
+        .out = l.to_router, .batch_in = l.log_batches,
+        .batch_out = l.to_publisher, .replies = l.log_replies};
+    store = NULL; /* the log store has it now, even if it fails */
+    if (sb_logstore_new(&logstore, &la) != SB_OK)
+        goto out;
+    atomic_store(&sb_logstore_stats_get(logstore)->torn_truncations, rec.torn);
+    sb_sequencer_actor_args sa = {rec.last_seq + 1, l.to_seq, l.seq_replies,
+                                  l.to_log, s_restore_seq, &rec};
     if (sb_sequencer_actor_new(&seq, &sa) != SB_OK)
         goto out;
     sb_fanout_stats *ps = sb_fanout_stats_get(pub);
     sb_ingest_args ia = {ctx, cfg.ingest, (int) cfg.hwm, cfg.limits,
-                         "snapbusd " SB_VERSION, l.to_seq, l.seq_replies,
+                         "snapbusd " SB_VERSION, epoch, l.to_seq, l.seq_replies,
                          l.pub_replies, sb_sequencer_actor_last_seq_ref(seq),
-                         &ps->last_batch_id};
+                         &ps->last_batch_id, l.log_replies,
+                         sb_logstore_full_flag(logstore)};
     if (sb_ingest_new(&ingest, &ia) != SB_OK)
         goto out;
 
+    if (metrics != NULL) {
+        sb_metrics_sources ms = {
+            .ingest = sb_ingest_stats_get(ingest), .fanout = ps,
+            .router = router, .last_seq = sb_sequencer_actor_last_seq_ref(seq),
+            .links = {l.to_seq, l.seq_replies, l.to_router, l.to_timelock,
+                      l.dues, l.to_publisher, l.pub_replies, l.to_log,
+                      l.log_batches, l.log_replies},
+            .nlinks = 10, .log = sb_logstore_stats_get(logstore)};
+        sb_metrics_attach(metrics, &ms);
+    }
     if (cfg.ready_file[0] != '\0' &&
         s_write_ready(cfg.ready_file, sb_ingest_endpoint(ingest),
-                      sb_fanout_pub_endpoint(pub),
-                      sb_fanout_query_endpoint(pub)) != 0) {
+                      sb_fanout_pub_endpoint(pub), sb_fanout_query_endpoint(pub),
+                      metrics != NULL ? sb_metrics_url(metrics) : "") != 0) {
         SB_LOG(SB_LOG_ERR, "broker.ready_file", "path=%s error=\"%s\"",
                cfg.ready_file, strerror(errno));
         goto out;
     }
+    sb_metrics_set_state(metrics, SB_METRICS_READY);
     SB_LOG(SB_LOG_NOTICE, "broker.started",
            "version=%s ingest=%s pub=%s query=%s data_dir=%s queue=%u hwm=%u",
            SB_VERSION, sb_ingest_endpoint(ingest), sb_fanout_pub_endpoint(pub),
            sb_fanout_query_endpoint(pub), cfg.data_dir, cfg.queue, cfg.hwm);
 
     int sig = 0;
-    while (sig != SIGTERM && sig != SIGINT)
+    while (sig != SIGTERM && sig != SIGINT) {
         if (sigwait(&sigs, &sig) != 0)
             break;
+        if ((sig == SIGUSR1 || sig == SIGUSR2) && held != NULL) {
+            sb_link_set_hold(held, sig == SIGUSR2);
+            SB_LOG(SB_LOG_WARN, "broker.hold", "link=%s held=%d", cfg.debug_hold,
+                   sig == SIGUSR2);
+        }
+    }
     SB_LOG(SB_LOG_NOTICE, "broker.stopping", "signal=%d", sig);
+    if (held != NULL) /* a clean stop drains everything: let it through */
+        sb_link_set_hold(held, 0);
+    sb_metrics_set_state(metrics, SB_METRICS_DRAINING);
+    uint64_t drain_ns = sb_clock_mono_ns();
     if (sb_ingest_drain(ingest, S_DRAIN_MS) != SB_OK) {
         SB_LOG(SB_LOG_ERR, "broker.drain_timeout", "ms=%d", S_DRAIN_MS);
         goto out;
     }
     status = 0;
-    SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu",
+    SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu drain_ms=%llu",
            (unsigned long long) atomic_load(&ps->batches),
            (unsigned long long) atomic_load(&ps->events),
-           (unsigned long long) atomic_load(&ps->last_seq));
+           (unsigned long long) atomic_load(&ps->last_seq),
+           (unsigned long long) ((sb_clock_mono_ns() - drain_ns) / 1000000));
 out:
+    sb_metrics_destroy(&metrics); /* before the stats it reads go away */
     sb_ingest_destroy(&ingest);
     sb_sequencer_actor_destroy(&seq);
+    sb_logstore_destroy(&logstore);
+    sb_store_close(&store); /* only if the log store never took it */
+    sb_store_recovery_free(&rec);
     sb_router_actor_destroy(&router);
     sb_timelock_actor_destroy(&tl);
     sb_fanout_destroy(&pub);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sb_log.h"
+#include "sb_metrics.h"
 
 typedef enum { T_STR, T_U32, T_U64, T_LEVEL } s_type;
 
@@ -31,6 +32,7 @@ static const s_key s_keys[] = {
     STR("broker", "query", query, "fetch endpoint (ROUTER) for gap fill and resume"),
     STR("broker", "data_dir", data_dir, "directory for the broker's files (created)"),
     STR("broker", "ready_file", ready_file, "after binding, write the bound endpoints here"),
+    STR("broker", "metrics", metrics, "HTTP listen address for /metrics /healthz /readyz, HOST:PORT (port 0: a free one); empty = off"),
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
@@ -48,6 +50,14 @@ static const s_key s_keys[] = {
     U32("retention", "fetch_max_batches", fetch_max_batches, 1, 100000, "batches in one fetch reply"),
     U32("retention", "fetch_max_bytes", fetch_max_bytes, 1024, 256u << 20, "bytes in one fetch reply"),
     U32("retention", "fetch_max_scan", fetch_max_scan, 1, 100000000, "retained batches one fetch looks at"),
+    STR("storage", "dir", storage.dir, "directory of the on-disk log; empty = <data_dir>/log"),
+    U64("storage", "segment_bytes", storage.segment_bytes, 4096, 1ull << 40, "a log segment is sealed past this size, bytes"),
+    STR("storage", "sync", storage.sync, "always|interval|none: when the log is synced for durable acks"),
+    U32("storage", "sync_interval_ms", storage.sync_interval_ms, 1, 60000, "sync period with sync = interval, ms"),
+    U64("storage", "retain_bytes", storage.retain_bytes, 0, 1ull << 50, "log bytes kept, whole oldest segments deleted past it; 0 = no bound"),
+    U64("storage", "retain_age_s", storage.retain_age_s, 0, 1ull << 40, "log segments older than this are deleted, s; 0 = no bound"),
+    U32("storage", "index_every", storage.index_every, 64, 1u << 30, "bytes between sparse index entries of a log segment"),
+    STR("debug", "hold", debug_hold, "test only: this link (e.g. logstore->router) starts held, as if its consumer stalled; SIGUSR1 releases it, SIGUSR2 holds it again; empty = off"),
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
 
@@ -69,6 +79,7 @@ sb_config_defaults(sb_config *c)
     c->fetch_max_batches = 1000;
     c->fetch_max_bytes = 4u << 20;
     c->fetch_max_scan = 200000;
+    sb_store_config_defaults(&c->storage);
 }
 
 static sb_err
@@ -84,6 +95,7 @@ s_parse_u64(const char *v, uint64_t *out)
 {
     char *end;
     unsigned long long x;
+    int shift = 0;
 
     if (*v == '\0' || *v == '-' || isspace((unsigned char) *v))
         return SB_EINVAL;
@@ -93,14 +105,16 @@ s_parse_u64(const char *v, uint64_t *out)
         return SB_EINVAL;
     /* Size suffixes, since byte limits are easier to read that way. */
     if (*end == 'k' || *end == 'K')
-        x <<= 10, end++;
+        shift = 10, end++;
     else if (*end == 'M')
-        x <<= 20, end++;
+        shift = 20, end++;
     else if (*end == 'G')
-        x <<= 30, end++;
-    if (*end != '\0')
+        shift = 30, end++;
+    /* A value that does not fit after its suffix is refused: shifted, it
+     * would wrap around into range ("17179869185G" read as 1G). */
+    if (*end != '\0' || x > (UINT64_MAX >> shift))
         return SB_EINVAL;
-    *out = x;
+    *out = (uint64_t) x << shift;
     return SB_OK;
 }
 
@@ -207,6 +221,26 @@ sb_config_load_file(sb_config *c, const char *path, char *why, size_t n)
     }
     if (rc != 0) {
         snprintf(why, n, "%s line %d: not a [section] or key = value line", path, rc);
+        return SB_EINVAL;
+    }
+    return SB_OK;
+}
+
+/* The same rules as a file, for text already in memory (tests, fuzzing). */
+sb_err
+sb_config_load_string(sb_config *c, const char *text, char *why, size_t n)
+{
+    s_ini_ctx x = {c, why, n, SB_OK};
+    int rc = ini_parse_string(text, s_ini_line, &x);
+
+    if (x.rc != SB_OK) {
+        char inner[512];
+        snprintf(inner, sizeof inner, "%s", why);
+        snprintf(why, n, "line %d: %s", rc, inner);
+        return x.rc;
+    }
+    if (rc != 0) {
+        snprintf(why, n, "line %d: not a [section] or key = value line", rc);
         return SB_EINVAL;
     }
     return SB_OK;
@@ -335,7 +369,16 @@ sb_config_file_arg(int argc, char *const *argv)
 sb_err
 sb_config_check(const sb_config *c, char *why, size_t n)
 {
+    if (c->metrics[0] != '\0') {
+        char host[64], reason[160];
+        uint16_t port;
+        if (sb_metrics_parse_listen(c->metrics, host, sizeof host, &port,
+                                    reason, sizeof reason) != SB_OK)
+            return s_refuse(why, n, "broker", "metrics", c->metrics, reason);
+    }
     if (sb_router_config_check(&c->router, why, n) != SB_OK)
+        return SB_EINVAL;
+    if (sb_store_config_check(&c->storage, why, n) != SB_OK)
         return SB_EINVAL;
     if (c->limits.max_payload_bytes > c->limits.max_message_bytes) {
         snprintf(why, n, "limits.max_payload_bytes (%u) is larger than limits.max_message_bytes (%u)",

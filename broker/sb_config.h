@@ -11,6 +11,7 @@
 
 #include "sb_err.h"
 #include "sb_router.h"
+#include "sb_store.h"
 #include "sb_wire.h"
 
 typedef struct {
@@ -20,6 +21,7 @@ typedef struct {
     char data_dir[512];
     char ready_file[512];
     char log_level[16];
+    char metrics[256]; /* HTTP listen address HOST:PORT; "" = off */
     uint32_t hwm;
     uint32_t queue;
     sb_limits limits;
@@ -29,6 +31,11 @@ typedef struct {
     uint32_t fetch_max_batches;
     uint32_t fetch_max_bytes;
     uint32_t fetch_max_scan;
+    sb_store_config storage; /* [storage]: the on-disk log */
+    /* [debug] hold: fault injection for tests. The named link (e.g.
+     * "logstore->router") starts held: its consumer sees nothing until
+     * SIGUSR1 releases it (SIGUSR2 holds it again). "" = off. */
+    char debug_hold[32];
 } sb_config;
 
 void sb_config_defaults(sb_config *c);
@@ -36,6 +43,9 @@ void sb_config_defaults(sb_config *c);
 sb_err sb_config_set(sb_config *c, const char *section, const char *key,
                      const char *value, char *why, size_t n);
 sb_err sb_config_load_file(sb_config *c, const char *path, char *why, size_t n);
+/* INI text in memory, parsed as a file would be (line numbers in why). */
+sb_err sb_config_load_string(sb_config *c, const char *text, char *why,
+                             size_t n);
 /* Every SNAPBUS_<SECTION>_<KEY> in envp. */
 sb_err sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n);
 /* Flags (argv[1..]). Sets *config_path from --config (read first by the

@@ -18,6 +18,7 @@ sb_strerror(sb_err e)
     case SB_ENOTSUP: return "not supported";
     case SB_ENOENT: return "not found";
     case SB_ETIMEDOUT: return "timed out";
+    case SB_ERESTART: return "broker restarted";
     }
     return "unknown error";
 }

@@ -1,6 +1,7 @@
 #include "sb_fanout.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -8,6 +9,7 @@
 #include "sb_actor.h"
 #include "sb_clock.h"
 #include "sb_log.h"
+#include "sb_logstore.h"
 #include "sb_msg.h"
 #include "sb_wire.h"
 #include "sb_zmq.h"
@@ -22,6 +24,7 @@ struct sb_ring {
     uint64_t bytes;
     uint64_t max_bytes;
     uint64_t horizon;   /* seqs below this may have been evicted */
+    uint64_t base_id;   /* while empty: the first batch id it may hold */
 };
 
 void
@@ -89,6 +92,14 @@ sb_ring_add(sb_ring *r, sb_blob *b)
     return SB_OK;
 }
 
+void
+sb_ring_set_start(sb_ring *r, uint64_t next_seq, uint64_t next_batch_id)
+{
+    if (next_seq > r->horizon)
+        r->horizon = next_seq;
+    r->base_id = next_batch_id;
+}
+
 uint64_t
 sb_ring_count(const sb_ring *r)
 {
@@ -101,11 +112,24 @@ sb_ring_bytes(const sb_ring *r)
     return r->bytes;
 }
 
+uint64_t
+sb_ring_low_seq(const sb_ring *r, uint64_t batch_id)
+{
+    uint64_t first_id;
+
+    if (r->count == 0)
+        return 0;
+    first_id = r->slot[r->head]->batch_id;
+    if (batch_id < first_id || batch_id - first_id >= r->count)
+        return 0;
+    return r->slot[(r->head + (batch_id - first_id)) % r->cap]->low_seq;
+}
+
 sb_err
 sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
              sb_ring_result *res)
 {
-    uint64_t first_id = r->count ? r->slot[r->head]->batch_id : 0;
+    uint64_t first_id = r->count ? r->slot[r->head]->batch_id : r->base_id;
     uint64_t start = 0, bytes = 0;
 
     memset(res, 0, sizeof *res);
@@ -113,9 +137,12 @@ sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
     res->retained_first_batch_id = first_id;
     /* Batch ids in the ring are consecutive, so a cursor is an index. */
     if (q->after_batch_id != 0) {
-        if (r->count == 0 || q->after_batch_id + 1 < first_id)
-            return q->after_batch_id + 1 < first_id ? SB_ENOENT : SB_OK;
-        start = q->after_batch_id + 1 - first_id;
+        /* after + 1 < first, written so that a cursor of UINT64_MAX (at or
+         * past the newest batch: an empty page) cannot wrap to 0. */
+        int evicted = first_id > 0 && q->after_batch_id < first_id - 1;
+        if (r->count == 0 || evicted)
+            return evicted ? SB_ENOENT : SB_OK;
+        start = q->after_batch_id - (first_id - 1);
     } else if (q->from_seq != 0 && q->from_seq < r->horizon) {
         return SB_ENOENT;
     }
@@ -131,6 +158,7 @@ sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
         if (b->last_seq < q->from_seq ||
             (q->to_seq != 0 && b->first_seq > q->to_seq) ||
             b->topic_len - 1 < q->prefix_len ||
+            (q->exact && b->topic_len - 1 != q->prefix_len) ||
             memcmp(b->topic, q->prefix, q->prefix_len) != 0)
             continue;
         atomic_fetch_add(&b->refs, 1);
@@ -155,6 +183,8 @@ struct sb_fanout {
     size_t nout, capout;
     int eof;
     sb_blob **found;
+    sb_store_reader *log; /* NULL: no on-disk log */
+    uint64_t low_seq; /* highest low_seq published: for the query hello */
 };
 
 static void
@@ -189,10 +219,26 @@ s_flush_outbox(sb_fanout *p)
 {
     size_t i = 0;
 
+    if (p->nout == 0)
+        return; /* outbox may still be NULL: memmove(NULL, ...) is UB */
     while (i < p->nout && sb_link_send(p->args.replies, &p->outbox[i]) == SB_OK)
         i++;
     memmove(p->outbox, p->outbox + i, (p->nout - i) * sizeof *p->outbox);
     p->nout -= i;
+}
+
+/* Bounds of the batch-size histogram (events), for the metrics. */
+const uint32_t sb_fanout_size_bounds[SB_FANOUT_SIZE_BUCKETS - 1] = {
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+
+static size_t
+s_size_bucket(uint32_t n)
+{
+    size_t i = 0;
+
+    while (i < SB_FANOUT_SIZE_BUCKETS - 1 && n > sb_fanout_size_bounds[i])
+        i++;
+    return i;
 }
 
 static void
@@ -205,7 +251,7 @@ s_publish(sb_fanout *p, sb_batch *b)
 
     for (uint32_t i = 0; i < b->n; i++)
         b->ev[i]->batch_id = b->id;
-    while (sb_wire_encode_batch(b, sizeof(sb_blob), &buf, &len) != SB_OK)
+    while (sb_wire_encode_batch(b, offsetof(sb_blob, data), &buf, &len) != SB_OK)
         zmq_poll(NULL, 0, 10); /* out of memory: wait, never lose it */
     blob = (sb_blob *) buf;
     atomic_init(&blob->refs, 1);
@@ -216,6 +262,10 @@ s_publish(sb_fanout *p, sb_batch *b)
     blob->topic_len = b->agg_len + 1;
     memcpy(blob->topic, b->agg, b->agg_len);
     blob->topic[b->agg_len] = 0;
+    blob->hdr_len = (uint32_t) sb_wire_batch_header_len(blob->data, len);
+    blob->low_seq = b->low_seq;
+    if (b->low_seq > p->low_seq)
+        p->low_seq = b->low_seq;
 
     /* PUB never blocks: at a subscriber's high-water mark it skips that
      * subscriber, which notices from the seqs and fetches from the ring. */
@@ -236,6 +286,7 @@ s_publish(sb_fanout *p, sb_batch *b)
         atomic_store(&p->st.last_seq, blob->last_seq);
     atomic_store(&p->st.retained_batches, sb_ring_count(p->ring));
     atomic_store(&p->st.retained_bytes, sb_ring_bytes(p->ring));
+    atomic_fetch_add(&p->st.size_buckets[s_size_bucket(b->n)], 1);
 
     for (uint32_t i = 0; i < b->n; i++) {
         sb_req *req = b->ev[i]->req;
@@ -251,38 +302,58 @@ s_publish(sb_fanout *p, sb_batch *b)
 }
 
 static void
+s_route(sb_fanout *p, const sb_zmq_env *env, uint8_t *buf, size_t len, int more)
+{
+    if (sb_zmq_route_reply(p->query, env->peer, env->peer_len, env->delimiter,
+                           buf, len, more) != SB_OK)
+        atomic_fetch_add(&p->st.fetch_lost, 1);
+}
+
+static void
 s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
 {
     const sb_fetch_req *f = &w->fetch;
     sb_ring_query q = {f->prefix, f->prefix_len, f->from_seq, f->to_seq,
                        f->after_batch_id, f->max_batches, f->max_bytes,
-                       p->args.fetch_max_scan};
+                       p->args.fetch_max_scan, f->exact};
     sb_ring_result res;
     sb_fetch_info_w info;
+    sb_werr err = SB_WERR_NONE;
     uint8_t *buf;
     size_t len;
-    sb_err rc;
 
     atomic_fetch_add(&p->st.fetches, 1);
     if (q.max_batches == 0 || q.max_batches > p->args.fetch_max_batches)
         q.max_batches = p->args.fetch_max_batches;
     if (q.max_bytes == 0 || q.max_bytes > p->args.fetch_max_bytes)
         q.max_bytes = p->args.fetch_max_bytes;
-    rc = sb_ring_find(p->ring, &q, p->found, &res);
-    if (rc == SB_ENOENT) {
+    /* Headers are a few dozen bytes: a headers_only page is bounded by
+     * its count (and the scan), not by the size of the batches behind. */
+    if (f->headers_only)
+        q.max_bytes = UINT32_MAX;
+    sb_err frc = sb_ring_find(p->ring, &q, p->found, &res);
+    if (frc == SB_ENOENT && p->log != NULL) {
+        /* Older than the ring: the log answers, as far back as it goes,
+         * but no further than what we published (written for sure). */
+        frc = sb_logstore_find(p->log, &q, atomic_load(&p->st.last_batch_id),
+                               p->found, &res);
+        if (frc != SB_OK && frc != SB_ENOENT) {
+            SB_LOG(SB_LOG_WARN, "fanout.log_fetch", "err=%s", sb_strerror(frc));
+            frc = SB_ENOENT;
+        }
+    }
+    if (frc == SB_ENOENT) {
         atomic_fetch_add(&p->st.fetch_refused, 1);
-        if (sb_wire_encode_error(w->request_id, SB_WERR_OUT_OF_RETENTION,
-                                 "the range starts before the retained batches",
-                                 &buf, &len) == SB_OK &&
-            sb_zmq_route_reply(p->query, env->peer, env->peer_len, env->delimiter,
-                               buf, len, 0) != SB_OK)
-            atomic_fetch_add(&p->st.fetch_lost, 1);
-        return;
+        err = SB_WERR_OUT_OF_RETENTION;
     }
     info = (sb_fetch_info_w){res.count, res.last_batch_id, res.more,
                              res.retained_first_seq, res.retained_first_batch_id,
-                             atomic_load(&p->st.last_seq)};
-    if (sb_wire_encode_fetch_reply(w->request_id, &info, &buf, &len) != SB_OK ||
+                             atomic_load(&p->st.last_seq),
+                             atomic_load(&p->st.last_batch_id), p->args.epoch,
+                             sb_ring_low_seq(p->ring, res.last_batch_id)};
+    if (sb_wire_encode_fetch_reply(w->request_id, err,
+                                   err ? "the range starts before the retained batches" : NULL,
+                                   &info, &buf, &len) != SB_OK ||
         sb_zmq_route_reply(p->query, env->peer, env->peer_len, env->delimiter,
                            buf, len, res.count > 0) != SB_OK) {
         atomic_fetch_add(&p->st.fetch_lost, 1);
@@ -293,11 +364,29 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
     for (uint32_t i = 0; i < res.count; i++) {
         zmq_msg_t m;
         sb_blob *b = p->found[i];
-        zmq_msg_init_data(&m, b->data, b->len, s_blob_free, b);
+        size_t n = b->len;
+        if (f->headers_only) /* a prefix of the same bytes: no copy */
+            n = b->hdr_len ? b->hdr_len
+                           : sb_wire_batch_header_len(b->data, b->len);
+        zmq_msg_init_data(&m, b->data, n, s_blob_free, b);
         if (zmq_msg_send(&m, p->query, ZMQ_DONTWAIT | (i + 1 < res.count ? ZMQ_SNDMORE : 0)) < 0)
             zmq_msg_close(&m);
     }
     atomic_fetch_add(&p->st.fetch_batches, res.count);
+}
+
+static void
+s_hello(sb_fanout *p, const sb_zmq_env *env, uint64_t id)
+{
+    sb_hello_info h = {p->args.broker_name, p->args.limits,
+                       atomic_load(&p->st.last_seq),
+                       atomic_load(&p->st.last_batch_id), p->args.epoch};
+    uint8_t *buf;
+    size_t len;
+
+    /* low_seq: a starting subscriber's watermark (docs/SUBSCRIBING.md). */
+    if (sb_wire_encode_hello_reply_low(id, &h, p->low_seq, &buf, &len) == SB_OK)
+        s_route(p, env, buf, len, 0);
 }
 
 static void
@@ -307,25 +396,23 @@ s_query(sb_fanout *p)
         sb_zmq_env env;
         zmq_msg_t body;
         sb_wire_request w;
-        sb_limits lim;
         uint8_t *buf;
         size_t len;
 
         if (sb_zmq_route_recv(p->query, &env, &body) != SB_OK)
             return;
         memset(&w, 0, sizeof w);
-        sb_limits_defaults(&lim);
         if (env.frames != 1) {
             w.request_id = 0;
             w.err = SB_WERR_INVALID;
             w.detail = "a request is exactly one frame after the envelope";
         } else if (sb_wire_decode_request(zmq_msg_data(&body), zmq_msg_size(&body),
-                                          &lim, &w) != SB_OK) {
+                                          &p->args.limits, &w) != SB_OK) {
             w.err = SB_WERR_INVALID;
             w.detail = "out of memory";
-        } else if (w.err == SB_WERR_NONE && w.kind != SB_WREQ_FETCH) {
+        } else if (w.err == SB_WERR_NONE && w.kind == SB_WREQ_PUBLISH) {
             w.err = SB_WERR_UNSUPPORTED;
-            w.detail = "the query socket serves fetch only";
+            w.detail = "publish on the ingest socket";
         }
         if (w.req != NULL && w.err == SB_WERR_NONE)
             w.err = SB_WERR_UNSUPPORTED;
@@ -333,14 +420,15 @@ s_query(sb_fanout *p)
             sb_req_unref(w.req);
         zmq_msg_close(&body);
         if (w.err == SB_WERR_NONE) {
-            s_fetch(p, &env, &w);
+            if (w.kind == SB_WREQ_HELLO)
+                s_hello(p, &env, w.request_id);
+            else
+                s_fetch(p, &env, &w);
             continue;
         }
         atomic_fetch_add(&p->st.fetch_refused, 1);
-        if (sb_wire_encode_error(w.request_id, w.err, w.detail, &buf, &len) == SB_OK &&
-            sb_zmq_route_reply(p->query, env.peer, env.peer_len, env.delimiter,
-                               buf, len, 0) != SB_OK)
-            atomic_fetch_add(&p->st.fetch_lost, 1);
+        if (sb_wire_encode_error(w.request_id, w.err, w.detail, &buf, &len) == SB_OK)
+            s_route(p, &env, buf, len, 0);
     }
 }
 
@@ -430,6 +518,13 @@ sb_fanout_new(sb_fanout **out, const sb_fanout_args *args)
     p->args = *args;
     if ((rc = sb_ring_new(&p->ring, args->retain_batches, args->retain_bytes)) != SB_OK)
         goto fail;
+    sb_ring_set_start(p->ring, args->prior_last_seq + 1,
+                      args->prior_last_batch_id + 1);
+    atomic_store(&p->st.last_seq, args->prior_last_seq);
+    atomic_store(&p->st.last_batch_id, args->prior_last_batch_id);
+    if (args->log_dir != NULL &&
+        (rc = sb_store_reader_open(&p->log, args->log_dir)) != SB_OK)
+        goto fail;
     rc = SB_ENOMEM;
     if ((p->found = calloc(args->fetch_max_batches + 1, sizeof *p->found)) == NULL)
         goto fail;
@@ -484,6 +579,7 @@ sb_fanout_destroy(sb_fanout **pp)
             }
     }
     sb_ring_destroy(&p->ring);
+    sb_store_reader_close(&p->log);
     free(p->outbox);
     free(p->found);
     free(p);

@@ -20,6 +20,10 @@
 
 #include "sb_err.h"
 #include "sb_link.h"
+#include "sb_wire.h"
+
+#define SB_FANOUT_SIZE_BUCKETS 14
+extern const uint32_t sb_fanout_size_bounds[SB_FANOUT_SIZE_BUCKETS - 1];
 
 typedef struct {
     atomic_uint_fast64_t batches;      /* sent on PUB */
@@ -35,6 +39,10 @@ typedef struct {
     atomic_uint_fast64_t retained_bytes;
     atomic_uint_fast64_t evicted;
     atomic_uint_fast64_t parked;       /* times the ack link was full */
+    /* Published batches by event count, one bucket per batch (not
+     * cumulative: one add per batch); bucket i holds sizes up to
+     * sb_fanout_size_bounds[i], the last one everything larger. */
+    atomic_uint_fast64_t size_buckets[SB_FANOUT_SIZE_BUCKETS];
 } sb_fanout_stats;
 
 typedef struct {
@@ -47,8 +55,17 @@ typedef struct {
     uint32_t fetch_max_batches;  /* page bound */
     uint32_t fetch_max_bytes;
     uint32_t fetch_max_scan;     /* ring entries looked at per fetch */
+    sb_limits limits;            /* for decoding query requests */
+    const char *broker_name;     /* for hello replies */
+    uint64_t epoch;
     sb_link *in;                 /* router →: SB_ITEM_BATCH, SB_ITEM_EOF */
     sb_link *replies;            /* → ingest: SB_ITEM_REPLY, SB_ITEM_EOF */
+    /* The on-disk log (NULL: none): fetches that reach before the ring are
+     * read from it, with a reader of our own. What earlier runs of the
+     * broker published: the ring starts after it, the counters from it. */
+    const char *log_dir;
+    uint64_t prior_last_seq;
+    uint64_t prior_last_batch_id;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;
@@ -73,6 +90,11 @@ typedef struct sb_blob {
     uint64_t first_seq;
     uint64_t last_seq;
     uint32_t topic_len;  /* aggregate + NUL */
+    /* Bytes before the first event: data[0..hdr_len) is the batch without
+     * its events, sent as is for a headers_only fetch. 0: not computed
+     * (sb_wire_batch_header_len then gives it). */
+    uint32_t hdr_len;
+    uint64_t low_seq;    /* sb_batch.low_seq; 0: unknown */
     char topic[256];
     uint8_t data[];      /* encoded SnapshotBatch */
 } sb_blob;
@@ -88,6 +110,7 @@ typedef struct {
     uint32_t max_batches;
     uint32_t max_bytes;
     uint32_t max_scan;
+    int exact;               /* name == prefix, not just starts with it */
 } sb_ring_query;
 
 typedef struct {
@@ -107,6 +130,13 @@ sb_err sb_ring_add(sb_ring *r, sb_blob *b);
 sb_err sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
                     sb_ring_result *res);
 uint64_t sb_ring_count(const sb_ring *r);
+/* For a restarted broker: seqs below next_seq and batch ids below
+ * next_batch_id were published by an earlier run, so a query reaching
+ * them is SB_ENOENT here (and the log answers it). */
+void sb_ring_set_start(sb_ring *r, uint64_t next_seq, uint64_t next_batch_id);
 uint64_t sb_ring_bytes(const sb_ring *r);
+/* low_seq of the retained batch batch_id (every seq below it is in that
+ * batch or an older one); 0 when that batch is not in the ring. */
+uint64_t sb_ring_low_seq(const sb_ring *r, uint64_t batch_id);
 
 #endif

@@ -8,6 +8,7 @@
 #include "sb_actor.h"
 #include "sb_clock.h"
 #include "sb_log.h"
+#include "sb_metrics.h"
 #include "sb_msg.h"
 #include "sb_zmq.h"
 
@@ -20,8 +21,10 @@ struct sb_ingest {
     sb_item pending[2]; /* FIFO of items refused by `out`: a request, EOF */
     int npending;
     int draining;
-    int eofs; /* EOFs seen on the two reply links */
+    int eofs; /* EOFs seen on the reply links */
     uint64_t lost_logged_ns;
+    uint64_t refused_logged_ns;
+    uint64_t refused_unlogged; /* refusals since the last ingest.refused */
 };
 
 #define S_MAX_READS 256 /* messages per wake-up, so replies are not starved */
@@ -31,6 +34,17 @@ s_count_refusal(sb_ingest *in, sb_werr e)
 {
     if ((unsigned) e < 10)
         atomic_fetch_add(&in->st.refused_by[e], 1);
+    /* Every refusal is counted, but logged at most once a second: a flood
+     * of bad input must not become a flood of log lines. */
+    uint64_t now = sb_clock_mono_ns();
+    if (in->refused_logged_ns != 0 && now - in->refused_logged_ns < 1000000000ull) {
+        in->refused_unlogged++;
+        return;
+    }
+    SB_LOG(SB_LOG_WARN, "ingest.refused", "reason=%s suppressed=%llu",
+           sb_metrics_reason_name(e), (unsigned long long) in->refused_unlogged);
+    in->refused_logged_ns = now;
+    in->refused_unlogged = 0;
 }
 
 static void
@@ -92,7 +106,8 @@ s_hello(sb_ingest *in, const sb_zmq_env *env, uint64_t id)
 {
     sb_hello_info h = {in->args.broker_name, in->args.limits,
                        in->args.last_seq ? atomic_load(in->args.last_seq) : 0,
-                       in->args.last_batch_id ? atomic_load(in->args.last_batch_id) : 0};
+                       in->args.last_batch_id ? atomic_load(in->args.last_batch_id) : 0,
+                       in->args.epoch};
     uint8_t *buf;
     size_t len;
 
@@ -137,6 +152,16 @@ s_publish(sb_ingest *in, const sb_zmq_env *env, sb_wire_request *w)
     req->peer_len = (uint8_t) env->peer_len;
     req->delimiter = (uint8_t) env->delimiter;
     req->recv_ns = sb_clock_mono_ns();
+    if (in->args.storage_full != NULL && atomic_load(in->args.storage_full)) {
+        /* The log cannot take more: a typed refusal now, rather than a
+         * publisher waiting on a pipeline that cannot move. The flag
+         * clears by itself when the disk has room again. */
+        for (uint32_t i = 0; i < req->nevents; i++)
+            if (req->ev[i].status == SB_OK)
+                req->ev[i].status = SB_ESTORAGE;
+        req->naccepted = 0;
+        refused = req->nevents;
+    }
     if (refused > 0) {
         atomic_fetch_add(&in->st.events_refused, refused);
         for (uint32_t i = 0; i < req->nevents; i++)
@@ -253,8 +278,8 @@ s_run(sb_actor *self, void *arg)
     }
     sb_actor_ready(self, SB_OK);
 
-    while (in->eofs < 2) {
-        zmq_pollitem_t p[5] = {
+    while (in->eofs < (in->args.log_replies != NULL ? 3 : 2)) {
+        zmq_pollitem_t p[6] = {
             {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(in->args.seq_replies), ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(in->args.pub_replies), ZMQ_POLLIN, 0},
@@ -262,8 +287,10 @@ s_run(sb_actor *self, void *arg)
              * is where backpressure reaches the network. */
             {in->sock, 0, (in->npending == 0 || in->draining) ? ZMQ_POLLIN : 0, 0},
             {NULL, sb_link_send_fd(in->args.out), in->npending ? ZMQ_POLLIN : 0, 0},
+            {NULL, in->args.log_replies ? sb_link_recv_fd(in->args.log_replies) : -1,
+             in->args.log_replies ? ZMQ_POLLIN : 0, 0},
         };
-        if (zmq_poll(p, 5, -1) < 0 && errno != EINTR)
+        if (zmq_poll(p, 6, -1) < 0 && errno != EINTR)
             break;
         if (p[0].revents & ZMQ_POLLIN) {
             int cmd;
@@ -279,6 +306,8 @@ s_run(sb_actor *self, void *arg)
         }
         s_read_replies(in, in->args.seq_replies);
         s_read_replies(in, in->args.pub_replies);
+        if (in->args.log_replies != NULL)
+            s_read_replies(in, in->args.log_replies);
         s_flush_pending(in);
         s_read_socket(in);
     }

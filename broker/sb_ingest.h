@@ -6,8 +6,10 @@
  * reading the socket: ZeroMQ's receive high-water mark then fills, then the
  * TCP buffers, then the publisher's send high-water mark, so the
  * publisher's send waits (or says "try again"). It never stops sending
- * replies, which arrive on two links (from the sequencer and from the
- * publisher): those stages can therefore never wait on the ingest. */
+ * replies, which arrive on three links (from the sequencer, the log store
+ * and the publisher): those stages can therefore never wait on the ingest.
+ * While the log store says the disk refuses writes (`storage_full`), every
+ * publish is answered ERR_STORAGE_FULL at once, and nothing else changes. */
 #ifndef SB_INGEST_H
 #define SB_INGEST_H
 
@@ -37,12 +39,15 @@ typedef struct {
     int hwm;
     sb_limits limits;
     const char *broker_name;
+    uint64_t epoch;
     sb_link *out;            /* → sequencer */
     sb_link *seq_replies;    /* sequencer → */
     sb_link *pub_replies;    /* publisher → */
     /* For hello replies: read-only views of other actors' counters. */
     atomic_uint_fast64_t *last_seq;
     atomic_uint_fast64_t *last_batch_id;
+    sb_link *log_replies;    /* log store → (durable acks); NULL: none */
+    atomic_int *storage_full;/* set by the log store; NULL: never */
 } sb_ingest_args;
 
 typedef struct sb_ingest sb_ingest;
@@ -52,7 +57,7 @@ sb_err sb_ingest_new(sb_ingest **out, const sb_ingest_args *args);
 const char *sb_ingest_endpoint(const sb_ingest *in);
 const sb_ingest_stats *sb_ingest_stats_get(const sb_ingest *in);
 /* Stops intake (publishes are answered ERR_SHUTTING_DOWN), sends EOF down
- * the pipeline and returns once both reply links have delivered their EOF,
+ * the pipeline and returns once every reply link has delivered its EOF,
  * i.e. every accepted event was published and acked, or timeout_ms passed
  * (SB_ETIMEDOUT). */
 sb_err sb_ingest_drain(sb_ingest *in, int timeout_ms);

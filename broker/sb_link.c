@@ -22,6 +22,7 @@ struct sb_link {
     uint64_t full;
     uint64_t wait_ns;
     uint64_t full_since_ns; /* 0 unless the producer holds a refused item */
+    int hold;               /* sb_link_set_hold: recv sees nothing */
     int recv_fd;            /* eventfd: counter 1 while count > 0 */
     int send_fd;            /* eventfd: counter 1 while count < capacity */
     unsigned char *ring;
@@ -116,7 +117,7 @@ sb_link_send(sb_link *self, const void *item)
     }
     tail = (self->head + self->count) % self->capacity;
     memcpy(self->ring + tail * self->item_size, item, self->item_size);
-    if (self->count++ == 0)
+    if (self->count++ == 0 && !self->hold)
         s_fd_set(self->recv_fd);
     if (self->count == self->capacity)
         s_fd_clear(self->send_fd);
@@ -131,7 +132,7 @@ sb_err
 sb_link_recv(sb_link *self, void *item)
 {
     pthread_mutex_lock(&self->lock);
-    if (self->count == 0) {
+    if (self->count == 0 || self->hold) {
         pthread_mutex_unlock(&self->lock);
         return SB_EAGAIN;
     }
@@ -179,6 +180,28 @@ sb_link_recv_wait(sb_link *self, void *item, int timeout_ms)
         if ((rc = s_wait_fd(self->recv_fd, timeout_ms)) != SB_OK)
             return rc == SB_ETIMEDOUT ? SB_EAGAIN : rc;
     return rc;
+}
+
+void
+sb_link_set_hold(sb_link *self, int on)
+{
+    pthread_mutex_lock(&self->lock);
+    on = on != 0;
+    /* recv_fd mirrors "an item is visible": flip it on the edges only. */
+    if (on != self->hold && self->count > 0) {
+        if (on)
+            s_fd_clear(self->recv_fd);
+        else
+            s_fd_set(self->recv_fd);
+    }
+    self->hold = on;
+    pthread_mutex_unlock(&self->lock);
+}
+
+const char *
+sb_link_name(const sb_link *self)
+{
+    return self->name;
 }
 
 int

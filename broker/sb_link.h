@@ -44,4 +44,12 @@ int sb_link_send_fd(const sb_link *link);
 size_t sb_link_depth(sb_link *link);
 void sb_link_stats_get(sb_link *link, sb_link_stats *st);
 
+/* Fault injection, for tests: while held, the consumer sees an empty link
+ * (recv answers SB_EAGAIN, recv_fd is not readable) although items stay
+ * queued, so the link fills and the producer parks exactly as if the
+ * consumer were slow. Releasing makes the queued items visible again, in
+ * order. Nothing is lost either way. Any thread may call it. */
+void sb_link_set_hold(sb_link *link, int on);
+const char *sb_link_name(const sb_link *link);
+
 #endif

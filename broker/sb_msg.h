@@ -28,6 +28,7 @@ typedef struct sb_event {
     uint32_t producer_id_len;
     uint8_t has_source_pos;
     uint8_t status;      /* sb_err; SB_OK while the event is accepted */
+    uint8_t joined;      /* in a batch of another aggregate (caused_by) */
     uint64_t producer_seq;
     uint64_t source_pos;
     uint64_t caused_by;  /* 0: none */
@@ -94,6 +95,10 @@ typedef struct sb_batch {
     uint64_t source_pos;
     uint8_t has_source_pos;
     uint8_t close_reason; /* sb_close_reason */
+    /* Set when flushed: every seq below it is in this batch or one flushed
+     * before it (the oldest open batch's first seq). Lets a subscriber
+     * turn "seen every batch up to this one" into a safe resume seq. */
+    uint64_t low_seq;
     uint32_t n;
     uint32_t cap;
     size_t bytes;       /* sum of sb_event_size() */

@@ -499,6 +499,12 @@ s_close(sb_router *r, s_open *o, sb_close_reason reason, int disarm)
     b->source_pos = owner->source_pos;
     b->has_source_pos = owner->has_source_pos;
     b->close_reason = (uint8_t) reason;
+    /* Open batches hold the only seqs routed but not flushed, and the
+     * oldest open one the lowest of them (events are routed in seq order).
+     * With none open, this batch's last seq + 1 is a safe lower bound. */
+    b->low_seq = r->oldest != NULL && r->oldest->b->n > 0
+                     ? r->oldest->b->ev[0]->seq
+                     : b->ev[b->n - 1]->seq + 1;
     s_ring_push(&r->batches, &b);
 
     r->st.batches++;
@@ -546,6 +552,22 @@ s_agg_new(sb_router *r, const sb_event *ev, s_agg **out)
     r->st.aggregates++;
     r->last_agg = a;
     *out = a;
+    return SB_OK;
+}
+
+sb_err
+sb_router_set_agg(sb_router *r, const char *agg, uint32_t len,
+                  uint64_t last_seq, uint64_t source_pos, int has_source_pos)
+{
+    sb_event ev = {.agg = agg, .agg_len = len};
+    s_agg *a = s_agg_find(r, &ev);
+    sb_err rc;
+
+    if (a == NULL && (rc = s_agg_new(r, &ev, &a)) != SB_OK)
+        return rc;
+    a->last_seq = last_seq;
+    a->source_pos = source_pos;
+    a->has_source_pos = has_source_pos != 0;
     return SB_OK;
 }
 
@@ -671,6 +693,7 @@ sb_router_add(sb_router *r, sb_event *ev, uint64_t now_ms)
         if (via_cause)
             r->st.caused_by_joins++;
     }
+    ev->joined = a != o->owner;
     if (a == o->owner && ev->agg_seq > b->agg_last_seq)
         b->agg_last_seq = ev->agg_seq;
     if (ev->has_source_pos &&
@@ -1004,6 +1027,9 @@ sb_router_actor_new(sb_router_actor **out, const sb_router_actor_args *args)
         goto fail;
     sb_router_set_next_batch_id(
         self->r, args->first_batch_id != 0 ? args->first_batch_id : 1);
+    if (args->restore != NULL &&
+        (rc = args->restore(self->r, args->restore_ctx)) != SB_OK)
+        goto fail;
     if ((rc = sb_actor_new(&self->actor, "router", s_run, self)) != SB_OK)
         goto fail;
     *out = self;

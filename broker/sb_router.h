@@ -76,6 +76,12 @@ typedef struct sb_router sb_router;
 sb_err sb_router_new(sb_router **out, const sb_router_config *cfg);
 /* Batch ids continue from here (1 on a new broker). */
 void sb_router_set_next_batch_id(sb_router *r, uint64_t id);
+/* Restores what a topic's next batch continues from after a restart: the
+ * last seq published on it (its next prev_last_seq) and its highest
+ * source position. Call before the first sb_router_add. */
+sb_err sb_router_set_agg(sb_router *r, const char *agg, uint32_t len,
+                         uint64_t last_seq, uint64_t source_pos,
+                         int has_source_pos);
 /* Frees open and outbox batches (dropping their request references). */
 void sb_router_destroy(sb_router **rp);
 
@@ -118,6 +124,10 @@ typedef struct {
     sb_link *due_in;
     sb_link *timer_out;
     sb_link *out;
+    /* Optional: called once on the new core before the thread starts, to
+     * restore per-topic state found by the log's recovery. */
+    sb_err (*restore)(sb_router *core, void *ctx);
+    void *restore_ctx;
 } sb_router_actor_args;
 
 sb_err sb_router_actor_new(sb_router_actor **out,

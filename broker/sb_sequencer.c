@@ -199,16 +199,17 @@ s_run(sb_actor *self, void *arg)
         if (free_r && free_f && !eof) {
             /* Both slots free: take a run of input without polling. */
             sb_item it;
-            int n = 0;
-            while (n++ < 64 && sb_link_recv(a->args.in, &it) == SB_OK) {
+            int got = 0;
+            while (got < 64 && sb_link_recv(a->args.in, &it) == SB_OK) {
+                got++;
                 eof = it.kind == SB_ITEM_EOF;
                 s_handle(a, &it);
                 if (!s_flush_slot(a->args.reply_out, &a->parked_reply) ||
                     !s_flush_slot(a->args.out, &a->parked_fwd) || eof)
                     break;
             }
-            if (n > 1)
-                continue;
+            if (got > 0)
+                continue; /* re-evaluate: something may be parked now */
             p[1].fd = sb_link_recv_fd(a->args.in);
         } else if (!free_r) {
             p[2].fd = sb_link_send_fd(a->args.reply_out);
@@ -236,6 +237,9 @@ sb_sequencer_actor_new(sb_sequencer_actor **out,
         return SB_ENOMEM;
     a->args = *args;
     if ((rc = sb_sequencer_new(&a->core, args->next_seq)) != SB_OK)
+        goto fail;
+    if (args->restore != NULL &&
+        (rc = args->restore(a->core, args->restore_ctx)) != SB_OK)
         goto fail;
     atomic_init(&a->last_seq, sb_sequencer_last_seq(a->core));
     if ((rc = sb_actor_new(&a->actor, "sequencer", s_run, a)) != SB_OK)

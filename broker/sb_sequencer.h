@@ -36,6 +36,10 @@ typedef struct {
     sb_link *in;        /* ingest → sequencer: SB_ITEM_REQ, SB_ITEM_EOF */
     sb_link *reply_out; /* sequencer → ingest: SB_ITEM_REPLY, SB_ITEM_EOF */
     sb_link *out;       /* sequencer → router: SB_ITEM_REQ, SB_ITEM_EOF */
+    /* Optional: called once on the new core before the thread starts, to
+     * restore per-aggregate seqs found by the log's recovery. */
+    sb_err (*restore)(sb_sequencer *core, void *ctx);
+    void *restore_ctx;
 } sb_sequencer_actor_args;
 
 sb_err sb_sequencer_actor_new(sb_sequencer_actor **out,

@@ -282,9 +282,6 @@ s_decode_publish(const uint8_t *p, size_t n, const sb_limits *lim,
         return s_refuse(out, SB_WERR_INVALID, "publish without events"), SB_OK;
     if (ack > SB_ACK_PUBLISHED)
         return s_refuse(out, SB_WERR_INVALID, "unknown ack level"), SB_OK;
-    if (ack == SB_ACK_DURABLE)
-        return s_refuse(out, SB_WERR_UNSUPPORTED,
-                        "durable acks need the on-disk log, which this broker does not have"), SB_OK;
 
     if (sb_req_new(&req, (uint32_t) nev, bytes, &data) != SB_OK)
         return SB_ENOMEM;
@@ -331,6 +328,8 @@ s_decode_other(const uint8_t *p, size_t n, const sb_limits *lim,
             out->fetch.after_batch_id = f->after_batch_id;
             out->fetch.max_batches = f->max_batches;
             out->fetch.max_bytes = f->max_bytes;
+            out->fetch.exact = f->exact != 0;
+            out->fetch.headers_only = f->headers_only != 0;
         }
     } else {
         s_refuse(out, SB_WERR_INVALID, "request without a body");
@@ -446,10 +445,13 @@ s_put_bytes(uint8_t *p, uint32_t num, const void *s, size_t n)
     return p + n;
 }
 
+/* The router marks events that joined another aggregate's batch, so the
+ * encoder need not compare names per event. */
 static int
 s_foreign(const sb_batch *b, const sb_event *ev)
 {
-    return ev->agg_len != b->agg_len || memcmp(ev->agg, b->agg, b->agg_len) != 0;
+    (void) b;
+    return ev->joined;
 }
 
 static size_t
@@ -485,6 +487,7 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
     uint8_t *buf = malloc(hdr + n), *p;
     if (buf == NULL)
         return SB_ENOMEM;
+    memset(buf, 0, hdr);
     p = buf + hdr;
     p = s_put_uint(p, 1, SB_WIRE_VERSION);
     p = s_put_bytes(p, 2, b->agg, b->agg_len);
@@ -496,6 +499,10 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
     p = s_put_uint(p, 8, b->timestamp_ms);
     p = s_put_uint(p, 9, b->prev_last_seq);
     p = s_put_uint(p, 10, b->close_reason);
+    /* Field 12 before the events (protobuf allows any order): everything
+     * but the events is then a prefix, the header a headers_only fetch
+     * sends without copying. */
+    p = s_put_uint(p, 12, b->has_source_pos);
     for (uint32_t i = 0; i < b->n; i++) {
         const sb_event *ev = b->ev[i];
         *p++ = (uint8_t) (11 << 3 | WT_LEN);
@@ -514,7 +521,6 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
         p = s_put_uint(p, 11, ev->client_ts_ms);
         p = s_put_uint(p, 12, ev->has_source_pos);
     }
-    p = s_put_uint(p, 12, b->has_source_pos);
     *bufp = buf;
     *lenp = (size_t) (p - buf) - hdr;
     return SB_OK;
@@ -585,9 +591,32 @@ sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
     return rc;
 }
 
+size_t
+sb_wire_batch_header_len(const uint8_t *p, size_t len)
+{
+    s_rd r = {p, p + len};
+    s_field f;
+    const uint8_t *at = p;
+
+    /* s_next reads one field; stop in front of the first event. */
+    while (s_next(&r, &f) == 1) {
+        if (f.num == 11)
+            return (size_t) (at - p);
+        at = r.p;
+    }
+    return len;
+}
+
 sb_err
 sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
                            uint8_t **buf, size_t *len)
+{
+    return sb_wire_encode_hello_reply_low(request_id, h, 0, buf, len);
+}
+
+sb_err
+sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
+                               uint64_t low_seq, uint8_t **buf, size_t *len)
 {
     Snapbus__Reply m = SNAPBUS__REPLY__INIT;
     Snapbus__HelloReply hr = SNAPBUS__HELLO_REPLY__INIT;
@@ -599,6 +628,8 @@ sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
     hr.max_name_bytes = h->limits.max_name_bytes;
     hr.last_seq = h->last_seq;
     hr.last_batch_id = h->last_batch_id;
+    hr.epoch = h->epoch;
+    hr.low_seq = low_seq;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.body_case = SNAPBUS__REPLY__BODY_HELLO;
@@ -607,8 +638,8 @@ sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
 }
 
 sb_err
-sb_wire_encode_fetch_reply(uint64_t request_id, const sb_fetch_info_w *f,
-                           uint8_t **buf, size_t *len)
+sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err, const char *detail,
+                           const sb_fetch_info_w *f, uint8_t **buf, size_t *len)
 {
     Snapbus__Reply m = SNAPBUS__REPLY__INIT;
     Snapbus__FetchReply fr = SNAPBUS__FETCH_REPLY__INIT;
@@ -619,8 +650,13 @@ sb_wire_encode_fetch_reply(uint64_t request_id, const sb_fetch_info_w *f,
     fr.retained_first_seq = f->retained_first_seq;
     fr.retained_first_batch_id = f->retained_first_batch_id;
     fr.last_seq = f->last_seq;
+    fr.last_batch_id_published = f->last_batch_id_published;
+    fr.epoch = f->epoch;
+    fr.cursor_low_seq = f->cursor_low_seq;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
+    m.error = (Snapbus__ErrorCode) err;
+    m.detail = (char *) (detail ? detail : "");
     m.body_case = SNAPBUS__REPLY__BODY_FETCH;
     m.fetch = &fr;
     return s_pack_reply(&m, buf, len);

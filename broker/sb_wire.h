@@ -57,6 +57,8 @@ typedef struct {
     uint64_t after_batch_id;
     uint32_t max_batches;
     uint32_t max_bytes;
+    int exact; /* only the aggregate named prefix */
+    int headers_only; /* batch frames cut to their header (no events) */
 } sb_fetch_req;
 
 /* A decoded request. On a request-level refusal, `err` says why (with a
@@ -87,10 +89,16 @@ typedef struct {
     sb_limits limits;
     uint64_t last_seq;
     uint64_t last_batch_id;
+    uint64_t epoch;
 } sb_hello_info;
 
 sb_err sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
                                   uint8_t **buf, size_t *len);
+/* The same, plus HelloReply.low_seq (every seq below it is in a published
+ * batch; 0 = unknown), which only the query socket's hello carries. */
+sb_err sb_wire_encode_hello_reply_low(uint64_t request_id,
+                                      const sb_hello_info *h, uint64_t low_seq,
+                                      uint8_t **buf, size_t *len);
 
 typedef struct {
     uint32_t count;
@@ -99,16 +107,31 @@ typedef struct {
     uint64_t retained_first_seq;
     uint64_t retained_first_batch_id;
     uint64_t last_seq;
+    uint64_t last_batch_id_published;
+    uint64_t epoch;
+    uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
 } sb_fetch_info_w;
 
-sb_err sb_wire_encode_fetch_reply(uint64_t request_id, const sb_fetch_info_w *f,
+/* err != SB_WERR_NONE: a refusal that still tells where retention is. */
+sb_err sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err,
+                                  const char *detail, const sb_fetch_info_w *f,
                                   uint8_t **buf, size_t *len);
 
 /* A SnapshotBatch, with `hdr` bytes of headroom before it so a caller can
  * keep its own header in the same allocation: *buf points at the start of
- * the headroom, the message is (*buf + hdr, *len). */
+ * the headroom (zeroed, so header fields a caller does not set read 0),
+ * the message is (*buf + hdr, *len). Fields go out in number order except
+ * that the events (11) come last, after has_source_pos (12): the batch's
+ * header is then a prefix of its bytes (sb_wire_batch_header_len). */
 sb_err sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **buf,
                             size_t *len);
+
+/* Length of the header of an encoded SnapshotBatch: the bytes before its
+ * first event (field 11), or len if it has none or is malformed. With the
+ * field order of sb_wire_encode_batch that prefix is itself a valid
+ * SnapshotBatch holding every field but the events: what a headers_only
+ * fetch sends, zero-copy. */
+size_t sb_wire_batch_header_len(const uint8_t *p, size_t len);
 
 /* Used by the decoders and by tests: is s[0..n) UTF-8 without NUL? */
 int sb_wire_name_ok(const char *s, size_t n);

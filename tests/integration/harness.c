@@ -6,6 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +39,8 @@ s_read_ready(sbt_broker *b, const char *path)
             snprintf(b->pub, sizeof b->pub, "%s", line + 4);
         else if (strncmp(line, "query=", 6) == 0)
             snprintf(b->query, sizeof b->query, "%s", line + 6);
+        else if (strncmp(line, "metrics=", 8) == 0)
+            snprintf(b->metrics, sizeof b->metrics, "%s", line + 8);
     }
     fclose(f);
     return b->ingest[0] && b->pub[0] && b->query[0] ? 0 : -1;
@@ -162,4 +168,47 @@ sbt_raw_request(const char *endpoint, const void *const *frames,
     zmq_close(s);
     zmq_ctx_term(ctx);
     return got;
+}
+
+int
+sbt_http_get(const char *base, const char *path, char *body, size_t cap,
+             int timeout_ms)
+{
+    char host[64], req[512];
+    unsigned port;
+    struct sockaddr_in a = {0};
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    size_t len = 0;
+    ssize_t n;
+    int fd, status = -1;
+    char *all;
+
+    if (sscanf(base, "http://%63[^:]:%u", host, &port) != 2 ||
+        (all = malloc(cap + 1024)) == NULL)
+        return -1;
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t) port);
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 ||
+        (fd = socket(AF_INET, SOCK_STREAM, 0)) < 0) {
+        free(all);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host);
+    if (connect(fd, (struct sockaddr *) &a, sizeof a) == 0 &&
+        send(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t) strlen(req)) {
+        while (len < cap + 1023 && (n = recv(fd, all + len, cap + 1023 - len, 0)) > 0)
+            len += (size_t) n;
+        all[len] = '\0';
+        char *hdr_end = strstr(all, "\r\n\r\n");
+        if (sscanf(all, "HTTP/1.%*d %d", &status) == 1 && hdr_end != NULL) {
+            snprintf(body, cap, "%s", hdr_end + 4);
+        } else {
+            status = -1;
+        }
+    }
+    close(fd);
+    free(all);
+    return status;
 }

@@ -13,6 +13,7 @@ typedef struct {
     char ingest[256];
     char pub[256];
     char query[256];
+    char metrics[256]; /* http://HOST:PORT when started with --metrics */
 } sbt_broker;
 
 /* extra: NULL-terminated flags for snapbusd. 0 on success. */
@@ -30,5 +31,11 @@ int sbt_raw_request(const char *endpoint, const void *const *frames,
                     size_t *reply_len, int timeout_ms);
 
 uint64_t sbt_now_ms(void);
+
+/* One HTTP/1.0 GET of path from base ("http://127.0.0.1:PORT"). Returns
+ * the status code and copies the body (NUL-terminated, cut at cap - 1)
+ * into body; -1 if no answer within timeout_ms. */
+int sbt_http_get(const char *base, const char *path, char *body, size_t cap,
+                 int timeout_ms);
 
 #endif

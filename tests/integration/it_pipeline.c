@@ -163,7 +163,9 @@ s_subscriber(void *arg)
                             (unsigned long long) last_agg_seq[a]);
             last_seq[a] = e.seq;
             last_agg_seq[a] = e.agg_seq;
-            if (e.seq == 0 || e.seq > TOTAL || sscanf(e.payload, "%d:%d", &p, &k) != 2) {
+            char text[32];
+            snprintf(text, sizeof text, "%.*s", (int) e.payload_len, (const char *) e.payload);
+            if (e.seq == 0 || e.seq > TOTAL || sscanf(text, "%d:%d", &p, &k) != 2) {
                 s_violation(s, "bad event seq=%llu", (unsigned long long) e.seq);
                 continue;
             }

@@ -65,7 +65,16 @@ s_recv_reply(conn *c, int *extra)
         *extra = 0;
     zmq_getsockopt(c->s, ZMQ_RCVMORE, &more, &sz);
     while (more) {
-        zmq_recv(c->s, c->buf, sizeof c->buf, 0);
+        /* Every frame after a fetch reply is one whole SnapshotBatch. */
+        int m = zmq_recv(c->s, c->buf, sizeof c->buf, 0);
+        assert_true(m > 0);
+        Snapbus__SnapshotBatch *b = snapbus__snapshot_batch__unpack(NULL, (size_t) m, c->buf);
+        assert_non_null(b);
+        assert_int_equal(b->version, 1);
+        assert_true(b->batch_id > 0);
+        assert_true(b->n_events > 0);
+        assert_int_equal(b->events[0]->seq, b->first_seq);
+        snapbus__snapshot_batch__free_unpacked(b, NULL);
         if (extra)
             (*extra)++;
         zmq_getsockopt(c->s, ZMQ_RCVMORE, &more, &sz);
@@ -129,8 +138,11 @@ test_hello_and_versions(void **state)
     assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_BAD_VERSION);
     assert_int_equal(rep->version, 1); /* tells what it speaks */
     snapbus__reply__free_unpacked(rep, NULL);
-    rep = s_publish(c, 1, 2, ev, 1);
-    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_UNSUPPORTED);
+    rep = s_publish(c, 1, 2, ev, 1); /* durable: served by the on-disk log */
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_int_equal(rep->body_case, SNAPBUS__REPLY__BODY_PUBLISH);
+    assert_int_equal(rep->publish->ack, SNAPBUS__ACK_LEVEL__ACK_DURABLE);
+    assert_true(rep->publish->results[0]->seq > 0);
     snapbus__reply__free_unpacked(rep, NULL);
     rep = s_publish(c, 1, 7, ev, 1);
     assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_INVALID);
@@ -256,9 +268,14 @@ test_fetch(void **state)
     /* The batch frames decode, in publish order. */
     snapbus__reply__free_unpacked(rep, NULL);
 
-    rep = s_fetch(q, "", 1, 0, 0, 0, &frames); /* before retention */
-    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_OUT_OF_RETENTION);
-    assert_int_equal(frames, 0);
+    /* Before the memory ring: the on-disk log answers, as far back as it
+     * goes (here, seq 1). */
+    rep = s_fetch(q, "", 1, 0, 0, 0, &frames);
+    assert_int_equal(rep->error, 0);
+    assert_true(frames > 0);
+    assert_int_equal((int) rep->fetch->count, frames);
+    assert_int_equal(rep->body_case, SNAPBUS__REPLY__BODY_FETCH);
+    assert_int_equal(rep->fetch->retained_first_seq, 1);
     snapbus__reply__free_unpacked(rep, NULL);
     rep = s_fetch(q, "", horizon, 0, 0, 0, &frames);
     assert_int_equal(rep->error, 0);
@@ -285,8 +302,17 @@ test_fetch(void **state)
     assert_int_equal(total, 8);
     assert_int_equal(pages, 3);
 
-    /* A batch frame is a SnapshotBatch. */
-    rep = s_fetch(q, "f/even", 0, 0, 0, 1, &frames);
+    /* Hello works on the query socket too, for subscribers. */
+    Snapbus__Request hr = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    hr.version = 1;
+    hr.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    hr.hello = &h;
+    s_send_req(q, &hr);
+    rep = s_recv_reply(q, NULL);
+    assert_int_equal(rep->error, 0);
+    assert_int_equal(rep->hello->last_seq, last);
+    assert_true(rep->hello->epoch != 0);
     snapbus__reply__free_unpacked(rep, NULL);
     s_close(c);
     s_close(q);

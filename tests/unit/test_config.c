@@ -114,12 +114,49 @@ test_refusals(void **state)
     assert_int_equal(sb_config_check(&c, why, sizeof why), SB_EINVAL);
 }
 
+/* broker.metrics: off by default, file < env < flag, and an address that
+ * cannot be bound as written is refused at start, naming the key. */
+static void
+test_metrics_address(void **state)
+{
+    sb_config c;
+    char why[512];
+    char *env[] = {"SNAPBUS_BROKER_METRICS=127.0.0.1:9200", NULL};
+    char *argv[] = {"snapbusd", "--metrics", "0.0.0.0:0", NULL};
+
+    sb_config_defaults(&c);
+    assert_string_equal(c.metrics, "");
+    assert_int_equal(sb_config_check(&c, why, sizeof why), SB_OK);
+    s_write("[broker]\nmetrics = 127.0.0.1:7704\n");
+    assert_int_equal(sb_config_load_file(&c, path, why, sizeof why), SB_OK);
+    unlink(path);
+    assert_string_equal(c.metrics, "127.0.0.1:7704");
+    assert_int_equal(sb_config_load_env(&c, env, why, sizeof why), SB_OK);
+    assert_string_equal(c.metrics, "127.0.0.1:9200");
+    assert_int_equal(sb_config_load_args(&c, 3, argv, why, sizeof why), SB_OK);
+    assert_string_equal(c.metrics, "0.0.0.0:0");
+    assert_int_equal(sb_config_check(&c, why, sizeof why), SB_OK);
+
+    const char *bad[] = {"7704", "localhost:7704", "127.0.0.1:99999",
+                         "127.0.0.1:x", "[::1:7704"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(sb_config_set(&c, "broker", "metrics", bad[i], why, sizeof why), SB_OK);
+        assert_int_equal(sb_config_check(&c, why, sizeof why), SB_EINVAL);
+        if (strstr(why, "broker.metrics") == NULL || strstr(why, bad[i]) == NULL)
+            fail_msg("refusal \"%s\" should name broker.metrics and %s", why, bad[i]);
+    }
+    /* Empty turns it off again. */
+    assert_int_equal(sb_config_set(&c, "broker", "metrics", "", why, sizeof why), SB_OK);
+    assert_int_equal(sb_config_check(&c, why, sizeof why), SB_OK);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest t[] = {
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_metrics_address),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }

@@ -49,7 +49,7 @@ test_bounds_and_horizon(void **state)
     sb_ring *r;
     sb_blob *out[16];
     sb_ring_result res;
-    sb_ring_query q = {"", 0, 0, 0, 0, 16, 1 << 20, 1000};
+    sb_ring_query q = {"", 0, 0, 0, 0, 16, 1 << 20, 1000, 0};
 
     assert_int_equal(sb_ring_new(&r, 5, 1 << 20), SB_OK);
     s_fill(r, 8); /* ids 1..8, only 4..8 stay */
@@ -87,7 +87,7 @@ test_paging_prefix_range(void **state)
     sb_ring *r;
     sb_blob *out[16];
     sb_ring_result res;
-    sb_ring_query q = {"odd/", 4, 0, 0, 0, 2, 1 << 20, 1000};
+    sb_ring_query q = {"odd/", 4, 0, 0, 0, 2, 1 << 20, 1000, 0};
 
     assert_int_equal(sb_ring_new(&r, 100, 1 << 20), SB_OK);
     s_fill(r, 10);
@@ -103,7 +103,7 @@ test_paging_prefix_range(void **state)
     s_release(out, res.count);
 
     /* Seq range [45, 71] touches batches 4..7; with prefix odd: 5 and 7. */
-    q = (sb_ring_query){"odd/", 4, 45, 71, 0, 16, 1 << 20, 1000};
+    q = (sb_ring_query){"odd/", 4, 45, 71, 0, 16, 1 << 20, 1000, 0};
     assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
     assert_int_equal(res.count, 2);
     assert_int_equal(out[0]->batch_id, 5);
@@ -112,14 +112,29 @@ test_paging_prefix_range(void **state)
     s_release(out, res.count);
 
     /* A byte bound still returns at least one batch, and says more. */
-    q = (sb_ring_query){"", 0, 0, 0, 0, 16, 150, 1000};
+    q = (sb_ring_query){"", 0, 0, 0, 0, 16, 150, 1000, 0};
     assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
     assert_int_equal(res.count, 1);
     assert_true(res.more);
     s_release(out, res.count);
 
+    /* Exact names only: "odd/x" but not a longer name sharing the prefix. */
+    sb_blob *longer = s_blob(11, 110, 119, "odd/xy", 100);
+    sb_ring_add(r, longer);
+    sb_blob_unref(longer);
+    q = (sb_ring_query){"odd/x", 5, 0, 0, 0, 16, 1 << 20, 1000, 1};
+    assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
+    assert_int_equal(res.count, 5);
+    for (uint32_t i = 0; i < res.count; i++)
+        assert_string_equal(out[i]->topic, "odd/x");
+    s_release(out, res.count);
+    q.exact = 0;
+    assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
+    assert_int_equal(res.count, 6);
+    s_release(out, res.count);
+
     /* The scan bound pages even when nothing matches. */
-    q = (sb_ring_query){"none/", 5, 0, 0, 0, 16, 1 << 20, 3};
+    q = (sb_ring_query){"none/", 5, 0, 0, 0, 16, 1 << 20, 3, 0};
     assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
     assert_int_equal(res.count, 0);
     assert_true(res.more);

@@ -41,6 +41,16 @@ typedef struct {
     uint32_t linger_ms;    /* a partial request is sent after this long */
     int sndhwm;            /* ZeroMQ send high-water mark, in messages */
     int timeout_ms;        /* longest a blocking call waits; -1: forever */
+    /* An acked request without a reply after this long has its events
+     * reported SB_ETIMEDOUT (fate unknown: they may have been accepted)
+     * and leaves the window; a late reply is then counted in bad_replies.
+     * Needed because a reply can be lost (reconnect, or a request the
+     * broker could not read answers request_id 0). -1: never. */
+    int reply_timeout_ms;
+    /* Largest request built, in encoded bytes: the broker's
+     * max_message_bytes. A single event that cannot fit is SB_ETOOBIG at
+     * publish. 0: no client-side limit. */
+    uint32_t max_request_bytes;
 } sb_publisher_opts;
 
 SB_EXPORT void sb_publisher_opts_defaults(sb_publisher_opts *o);
@@ -65,7 +75,15 @@ typedef struct {
 
 /* Copies the event into the current request. *token (optional) receives
  * this publisher's number for the event (1, 2, ...), which its ack
- * carries. SB_EAGAIN only with SB_DONTWAIT: nothing was taken. */
+ * carries.
+ * SB_EAGAIN (only with SB_DONTWAIT) and SB_ETIMEDOUT (blocking, after
+ * timeout_ms): the window or the socket is full; nothing was taken, so
+ * retry the same event. A request the socket would not take stays inside,
+ * sealed, and goes first on the next call. Once the event is taken,
+ * publish returns SB_OK even if the request it completed could not be
+ * sent yet; the next publish/flush/poll/wait_all sends it.
+ * SB_EINVAL: aggregate or type missing or empty. SB_ETOOBIG: the event
+ * alone is over max_request_bytes. */
 SB_EXPORT sb_err sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev,
                                       int flags, uint64_t *token);
 /* Sends the current request now. */
@@ -80,10 +98,15 @@ typedef struct {
 } sb_ack_info;
 
 typedef void (*sb_ack_fn)(const sb_ack_info *a, void *ctx);
-/* Called from publish/flush/poll/wait for every event's outcome (for
- * SB_ACK_NONE: only refusals). */
+/* Called from publish/flush/poll/wait_all/destroy for every event's
+ * outcome, once per token (for SB_ACK_NONE: only refusals, and only for
+ * the last 4096 requests; an older refusal is counted in bad_replies).
+ * At destroy, events never sent are reported SB_ECLOSED and acked ones
+ * still without a reply SB_ETIMEDOUT. The callback must not call this
+ * publisher's functions other than sb_publisher_stats_get. */
 SB_EXPORT void sb_publisher_on_ack(sb_publisher *p, sb_ack_fn fn, void *ctx);
-/* Handles replies and linger for up to timeout_ms. */
+/* Handles replies, reply timeouts and linger for up to timeout_ms;
+ * returns SB_OK early once it has read a reply. */
 SB_EXPORT sb_err sb_publisher_poll(sb_publisher *p, int timeout_ms);
 /* Flushes, then waits until every request has its reply. */
 SB_EXPORT sb_err sb_publisher_wait_all(sb_publisher *p, int timeout_ms);
@@ -143,12 +166,46 @@ SB_EXPORT void sb_snapshot_destroy(sb_snapshot **bp);
 
 /* ---- Subscriber ---------------------------------------------------- */
 
+/* Lossless delivery (docs/SUBSCRIBING.md): every batch of the subscribed
+ * topics once, in order per aggregate, from the start point on. Batches
+ * the PUB socket dropped, or that were published while the subscription
+ * was travelling to the broker, are detected (per-aggregate seq chain,
+ * plus a periodic header probe for the last batches of an aggregate) and
+ * fetched from the broker's retention over query_endpoint, inside recv.
+ * What the broker no longer retains is reported, never skipped silently:
+ * recv returns SB_ENOENT and sb_subscriber_loss() says what was lost. */
+
 typedef struct sb_subscriber sb_subscriber;
+
+typedef enum {
+    /* recv returns SB_ENOENT once per loss; the next recv carries on with
+     * what is retained. */
+    SB_LOSS_FAIL = 0,
+    /* recv returns SB_ENOENT from the first loss on, for good: for
+     * applications that must rebuild from elsewhere before going on. */
+    SB_LOSS_STOP = 1
+} sb_loss_policy;
 
 typedef struct {
     const char *endpoint;       /* broker PUB, e.g. "tcp://127.0.0.1:7702" */
-    const char *query_endpoint; /* broker query (fetch), may be NULL */
+    /* Broker query socket (hello, fetch), e.g. "tcp://127.0.0.1:7703".
+     * Default NULL: no gap fill; a gap seen in the seqs is then reported
+     * as a loss, and a lost last batch of an aggregate goes unnoticed.
+     * Set it to make the subscriber lossless. */
+    const char *query_endpoint;
     int rcvhwm;                 /* ZeroMQ receive high-water mark */
+    /* Start point. 0: live, from the broker's newest batch at the first
+     * recv. N: every batch holding a seq >= N (fetched from retention,
+     * then live): a value sb_subscriber_position() returned. */
+    uint64_t resume_from_seq;
+    /* Header probe period: when no batch came for this long, and at least
+     * this often under load, the subscriber asks for the headers of what
+     * was published since its last check, to find the lost last batch of
+     * an aggregate. 0: no probe (tail losses then stay unnoticed). */
+    int probe_ms;
+    /* A fetch without an answer after this long is sent again. */
+    int fetch_timeout_ms;
+    sb_loss_policy on_loss;
 } sb_subscriber_opts;
 
 SB_EXPORT void sb_subscriber_opts_defaults(sb_subscriber_opts *o);
@@ -160,15 +217,66 @@ SB_EXPORT sb_err sb_subscriber_subscribe(sb_subscriber *s, const char *prefix);
 /* Exactly one aggregate. */
 SB_EXPORT sb_err sb_subscriber_subscribe_exact(sb_subscriber *s,
                                                const char *aggregate);
-/* Next batch; SB_EAGAIN when none came within timeout_ms (-1: forever),
- * or early when a signal interrupted the wait. Malformed messages are
- * counted and skipped. */
+/* Says hello on the query socket and sets the start point now (live: the
+ * broker's newest batch; resume: resume_from_seq), rather than at the
+ * first recv. For applications that must know they are subscribed before
+ * something is published. SB_OK: started (also when already started, or
+ * without a query endpoint); SB_ETIMEDOUT: no answer within timeout_ms
+ * (call again). Subscribe first. */
+SB_EXPORT sb_err sb_subscriber_start(sb_subscriber *s, int timeout_ms);
+
+/* Next batch, in order per aggregate; the caller owns it. Subscribe before
+ * the first recv (or sb_subscriber_start): that says hello to the broker
+ * and sets the start point.
+ * SB_EAGAIN: none within timeout_ms (-1: forever), or a signal interrupted
+ * the wait; a gap fill in progress is resumed by the next call.
+ * SB_ENOENT: batches were lost (out of the broker's retention); see
+ * sb_subscriber_loss and on_loss. SB_ERESTART: the broker restarted (its
+ * epoch changed); the subscriber has started again from its position in
+ * the new epoch (docs/SUBSCRIBING.md), and the next recv goes on.
+ * Malformed messages are counted and skipped. */
 SB_EXPORT sb_err sb_subscriber_recv(sb_subscriber *s, sb_snapshot **out,
                                     int timeout_ms);
 
+/* What the last SB_ENOENT from recv reported. Several losses reported at
+ * once are merged into one range. */
+typedef struct {
+    const char *aggregate;  /* the one aggregate, or "" (several/unknown);
+                             * valid until the next recv */
+    uint64_t from_seq;      /* seqs in [from_seq, to_seq] may be lost */
+    uint64_t to_seq;
+    uint64_t from_batch_id; /* batch ids in this range may be lost; */
+    uint64_t to_batch_id;   /* 0, 0 when not known */
+    uint64_t retained_first_seq; /* where the broker's retention starts */
+} sb_loss;
+
+/* SB_OK and *out filled after a recv returned SB_ENOENT; SB_ENOENT when
+ * nothing was lost. */
+SB_EXPORT sb_err sb_subscriber_loss(const sb_subscriber *s, sb_loss *out);
+
+/* A seq to save and later pass as resume_from_seq: every batch that recv
+ * has not returned yet (and that was not reported lost) holds only seqs
+ * >= it, so resuming from it loses nothing. Batches around it may be
+ * delivered again after a resume (at least once at the boundary). 0: no
+ * position yet. Moves forward as the subscriber confirms, with its probe,
+ * that it has seen everything up to a point (every probe_ms). */
+SB_EXPORT uint64_t sb_subscriber_position(const sb_subscriber *s);
+
 typedef struct {
     uint64_t batches;   /* returned by recv */
-    uint64_t malformed; /* messages skipped: wrong frames or bad batch */
+    uint64_t malformed; /* messages skipped: wrong frames or bad batch,
+                         * or a batch that overlaps its predecessor */
+    uint64_t gaps;       /* live batches whose predecessor was missing */
+    uint64_t filled;     /* batches returned that came from a fetch */
+    uint64_t duplicates; /* batches dropped: already returned */
+    uint64_t before_start; /* batches dropped: before the start point */
+    uint64_t probes;     /* header probes (and gap checks) run */
+    uint64_t fetches;    /* fetch requests sent (also resends) */
+    uint64_t fetch_timeouts; /* fetches sent again after no answer */
+    uint64_t lost;       /* losses reported (SB_ENOENT) */
+    uint64_t restarts;   /* broker restarts seen (SB_ERESTART) */
+    uint64_t discarded;  /* live messages dropped at a restart, to be
+                          * fetched again */
 } sb_subscriber_stats;
 
 SB_EXPORT void sb_subscriber_stats_get(const sb_subscriber *s,

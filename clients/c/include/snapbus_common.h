@@ -23,7 +23,8 @@ typedef enum {
     SB_ESYS,     /* an OS or ZeroMQ call failed */
     SB_ENOTSUP,  /* well formed but not served (ERR_UNSUPPORTED) */
     SB_ENOENT,   /* not found; out of retention (ERR_OUT_OF_RETENTION) */
-    SB_ETIMEDOUT
+    SB_ETIMEDOUT,
+    SB_ERESTART  /* the broker restarted (new epoch): see SUBSCRIBING.md */
 } sb_err;
 
 SB_EXPORT const char *sb_strerror(sb_err e);

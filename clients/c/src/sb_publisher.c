@@ -1,0 +1,917 @@
+/* sb_publisher: gathers events into Publish requests and sends them to the
+ * broker's ingest ROUTER over one DEALER socket.
+ *
+ * Encoding. Events are encoded straight into the protobuf wire format as
+ * they are published, into one growing buffer per request, behind
+ * SBC_HEADROOM bytes left free at its front. Sealing a request writes the
+ * Request and Publish headers backwards into that room (their lengths are
+ * only known then), so the whole request is one contiguous buffer made
+ * without a copy or a per-event allocation. The buffer then goes to
+ * ZeroMQ with zmq_msg_init_data; ZeroMQ's I/O thread hands it back after
+ * sending (s_free_buf) to a small pool, and the next request takes one
+ * from there: a fresh 256 KiB buffer per request costs page faults that,
+ * on a small machine, are a tenth of the cost of publishing. The pool is
+ * the only state two threads touch, under its mutex.
+ *
+ * States of a request: gathering (p->buf) -> sealed but not yet taken by
+ * the socket (p->parked, at most one) -> sent. A sent request is
+ * remembered until its reply: acked levels keep it in p->inflight (at most
+ * `window`); fire-and-forget keeps it in the p->recent ring, so that a
+ * refusal can be mapped back to tokens. The ring holds the last
+ * SBC_RECENT requests; a refusal of an older one is counted in
+ * bad_replies and its tokens are not reported.
+ *
+ * A reply can be lost (a reconnect drops the replies owed on the old
+ * connection; a request the broker could not read is answered with
+ * request_id 0), so an acked request that has no reply after
+ * reply_timeout_ms has its events reported SB_ETIMEDOUT and leaves the
+ * window (s_expire); otherwise one lost reply would hold a slot forever.
+ *
+ * Tokens are 1, 2, 3... in publish order; a request holds the tokens
+ * first_token .. first_token + count - 1, in order, which is how the i-th
+ * EventResult of a reply finds its token.
+ *
+ * Backpressure. Every send is ZMQ_DONTWAIT. When the socket is at its HWM
+ * or the window is full, a blocking call waits in zmq_poll for POLLOUT or
+ * for replies (reading replies while it waits, so that a full window
+ * drains); SB_DONTWAIT returns SB_EAGAIN instead and the sealed request
+ * stays parked for the next call. Replies are read in publish, flush,
+ * poll and wait_all, and the ack callback runs from inside those calls.
+ *
+ * Linger and timeouts use the coarse monotonic clock (sbc_coarse_ms): it
+ * is read once per publish, and a kernel tick (1-4 ms) of slack on a
+ * linger of a few ms is a fair price for a clock four times cheaper.
+ *
+ * Threading: none of its own. The object is used from one thread at a
+ * time; ZeroMQ's I/O thread only returns sent buffers to the pool. */
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "sbc_internal.h"
+#include "snapbus.h"
+#include "snapbus.pb-c.h"
+
+/* Room for the Request and Publish headers: version (2 bytes), request_id
+ * (1 + 10), the publish field's tag and length (1 + 5) and ack (2). */
+#define SBC_HEADROOM 32
+/* Fire-and-forget requests remembered to map a refusal back to tokens. */
+#define SBC_RECENT 4096
+/* Largest encoded event or request we build: protobuf's 2 GiB limit. */
+#define SBC_MAX_ENCODED ((size_t)INT32_MAX)
+/* Sent request buffers kept for reuse. */
+#define SBC_POOL_MAX 8
+
+/* Wire tags: (field number << 3) | wire type. */
+enum {
+    TAG_VARINT = 0,
+    TAG_LEN = 2,
+};
+#define TAG(field, type) ((uint8_t)(((field) << 3) | (type)))
+
+typedef struct s_pool s_pool;
+
+/* In front of every request buffer, so that the free callback, which gets
+ * only this pointer, knows where the buffer goes back to. */
+typedef struct {
+    s_pool *pool;
+    size_t cap; /* bytes after this header */
+} s_bufhdr;
+
+struct s_pool {
+    pthread_mutex_t mu;
+    size_t cap; /* buffers of this size are pooled */
+    int n;
+    s_bufhdr *free[SBC_POOL_MAX];
+};
+
+typedef struct {
+    uint64_t id; /* request_id; 0: free slot */
+    uint64_t first_token;
+    uint64_t sent_ms; /* for the reply timeout */
+    uint32_t count;
+} s_rec;
+
+struct sb_publisher {
+    void *zctx;
+    void *sock;
+    char *endpoint;
+    sb_publisher_opts o;
+    sb_ack_fn ack_fn;
+    void *ack_ctx;
+
+    /* The request being gathered. */
+    s_bufhdr *hdr; /* its buffer; NULL until the first event */
+    uint8_t *buf;  /* after hdr: SBC_HEADROOM bytes, then events */
+    size_t cap;    /* bytes at buf */
+    size_t len;    /* bytes of encoded events after the headroom */
+    uint32_t nev;  /* events in it */
+    uint64_t first_token;
+    uint64_t started_ms; /* when its first event came: linger counts from it */
+    size_t max_events_len; /* most event bytes per request: batch_bytes,
+                              capped by max_request_bytes */
+
+    /* A sealed request the socket has not taken yet. */
+    int parked;
+    zmq_msg_t pmsg;
+    s_rec prec;
+
+    s_rec *inflight; /* acked levels: `window` slots, unordered */
+    uint32_t ninflight;
+    s_rec *recent; /* SB_ACK_NONE: SBC_RECENT slots, by id */
+
+    uint64_t next_token;
+    uint64_t next_id;
+    sb_publisher_stats st;
+    sbc_arena arena; /* replies are decoded here, reset after each */
+    s_pool pool;
+    int pool_ok; /* pool.mu initialised */
+};
+
+/* ---- Clock and buffers -------------------------------------------- */
+
+static uint64_t
+s_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : sbc_coarse_ms() + (uint64_t)timeout_ms;
+}
+
+static long
+s_remaining(uint64_t deadline)
+{
+    if (deadline == UINT64_MAX)
+        return -1;
+    uint64_t now = sbc_coarse_ms();
+    return now >= deadline ? 0 : (long)(deadline - now);
+}
+
+/* Runs in ZeroMQ's I/O thread once a sent request is done with. */
+static void
+s_free_buf(void *data, void *hint)
+{
+    s_bufhdr *h = hint;
+    s_pool *pool = h->pool;
+
+    (void)data;
+    pthread_mutex_lock(&pool->mu);
+    if (h->cap == pool->cap && pool->n < SBC_POOL_MAX) {
+        pool->free[pool->n++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&pool->mu);
+    free(h);
+}
+
+/* A buffer for a new request with room for need bytes. */
+static sb_err
+s_buf_new(sb_publisher *p, size_t need)
+{
+    s_bufhdr *h = NULL;
+    size_t cap = p->pool.cap;
+
+    if (need <= cap) {
+        pthread_mutex_lock(&p->pool.mu);
+        if (p->pool.n > 0)
+            h = p->pool.free[--p->pool.n];
+        pthread_mutex_unlock(&p->pool.mu);
+    } else {
+        cap = need; /* one event larger than a request: not pooled */
+    }
+    if (h == NULL) {
+        if ((h = malloc(sizeof *h + cap)) == NULL)
+            return SB_ENOMEM;
+        h->pool = &p->pool;
+        h->cap = cap;
+    }
+    p->hdr = h;
+    p->buf = (uint8_t *)(h + 1);
+    p->cap = h->cap;
+    return SB_OK;
+}
+
+/* ---- Options ------------------------------------------------------ */
+
+void
+sb_publisher_opts_defaults(sb_publisher_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->endpoint = "tcp://127.0.0.1:7701";
+    o->ack = SB_ACK_SEQUENCED;
+    o->window = 64;
+    o->batch_events = 1000;
+    o->batch_bytes = 256 * 1024;
+    o->linger_ms = 5;
+    o->sndhwm = 100;
+    o->timeout_ms = -1;
+    o->reply_timeout_ms = 30000;
+    o->max_request_bytes = 4 * 1024 * 1024; /* the broker's default */
+}
+
+static sb_err
+s_opts_check(const sb_publisher_opts *o)
+{
+    if (o->endpoint == NULL || o->endpoint[0] == '\0')
+        return SB_EINVAL;
+    if ((int)o->ack < SB_ACK_NONE || o->ack > SB_ACK_PUBLISHED)
+        return SB_EINVAL;
+    if (o->window == 0 || o->batch_events == 0 || o->batch_bytes == 0)
+        return SB_EINVAL;
+    if (o->sndhwm < 0)
+        return SB_EINVAL;
+    if (o->max_request_bytes != 0 && o->max_request_bytes < 1024)
+        return SB_EINVAL; /* the broker's own floor */
+    return SB_OK;
+}
+
+/* ---- Life cycle --------------------------------------------------- */
+
+static int
+s_setopt_int(void *sock, int opt, int v)
+{
+    return zmq_setsockopt(sock, opt, &v, sizeof v);
+}
+
+sb_err
+sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
+{
+    sb_err rc;
+    sb_publisher *p;
+
+    if (out == NULL || o == NULL)
+        return SB_EINVAL;
+    if ((rc = s_opts_check(o)) != SB_OK)
+        return rc;
+    if ((p = calloc(1, sizeof *p)) == NULL)
+        return SB_ENOMEM;
+    p->o = *o;
+    p->next_token = 1;
+    p->next_id = 1;
+    sbc_arena_init(&p->arena, 16 * 1024);
+    /* A request never passes batch_bytes but for a single larger event
+     * (s_append), so this size fits all but those. */
+    p->max_events_len = o->batch_bytes;
+    if (o->max_request_bytes != 0 &&
+        p->max_events_len > o->max_request_bytes - SBC_HEADROOM)
+        p->max_events_len = o->max_request_bytes - SBC_HEADROOM;
+    p->pool.cap = SBC_HEADROOM + p->max_events_len + 64;
+    rc = SB_ESYS;
+    if (pthread_mutex_init(&p->pool.mu, NULL) != 0)
+        goto fail;
+    p->pool_ok = 1;
+    rc = SB_ENOMEM;
+    if ((p->endpoint = sbc_strdup(o->endpoint)) == NULL)
+        goto fail;
+    p->o.endpoint = p->endpoint;
+    if (o->ack == SB_ACK_NONE)
+        p->recent = calloc(SBC_RECENT, sizeof *p->recent);
+    else
+        p->inflight = calloc(o->window, sizeof *p->inflight);
+    if (p->recent == NULL && p->inflight == NULL)
+        goto fail;
+
+    rc = SB_ESYS;
+    if ((p->zctx = zmq_ctx_new()) == NULL)
+        goto fail;
+    if ((p->sock = zmq_socket(p->zctx, ZMQ_DEALER)) == NULL)
+        goto fail;
+    /* Linger bounds how long destroy waits to hand queued requests to a
+     * broker that is slow or gone: the caller's timeout, else a minute. */
+    int linger = o->timeout_ms >= 0 ? o->timeout_ms : 60000;
+    /* Replies must never be dropped for want of room: the broker's ROUTER
+     * drops a reply our pipe cannot take, and a lost ack would hold a
+     * window slot forever. Room for a full window plus the refusals
+     * of every request that can be queued covers what can arrive. */
+    int rcvhwm = (int)(o->window > 100000 ? 100000 : o->window) +
+                 (o->sndhwm > 100000 ? 100000 : o->sndhwm) + SBC_RECENT;
+    if (s_setopt_int(p->sock, ZMQ_SNDHWM, o->sndhwm) != 0 ||
+        s_setopt_int(p->sock, ZMQ_RCVHWM, rcvhwm) != 0 ||
+        s_setopt_int(p->sock, ZMQ_LINGER, linger) != 0)
+        goto fail;
+    if (zmq_connect(p->sock, p->endpoint) != 0) {
+        rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
+        goto fail;
+    }
+    *out = p;
+    return SB_OK;
+fail:
+    sb_publisher_destroy(&p);
+    return rc;
+}
+
+static void s_fail_pending(sb_publisher *p);
+
+void
+sb_publisher_destroy(sb_publisher **pp)
+{
+    sb_publisher *p;
+
+    if (pp == NULL || (p = *pp) == NULL)
+        return;
+    if (p->sock != NULL)
+        (void)sb_publisher_wait_all(p, p->o.timeout_ms);
+    s_fail_pending(p);
+    if (p->parked)
+        zmq_msg_close(&p->pmsg); /* back to the pool through s_free_buf */
+    free(p->hdr);
+    if (p->sock != NULL)
+        zmq_close(p->sock);
+    /* Waits up to ZMQ_LINGER for queued sends; once it returns, ZeroMQ
+     * has released every message, so no s_free_buf can run any more. */
+    if (p->zctx != NULL)
+        zmq_ctx_term(p->zctx);
+    if (p->pool_ok) {
+        while (p->pool.n > 0)
+            free(p->pool.free[--p->pool.n]);
+        pthread_mutex_destroy(&p->pool.mu);
+    }
+    sbc_arena_fini(&p->arena);
+    free(p->inflight);
+    free(p->recent);
+    free(p->endpoint);
+    free(p);
+    *pp = NULL;
+}
+
+void
+sb_publisher_on_ack(sb_publisher *p, sb_ack_fn fn, void *ctx)
+{
+    if (p == NULL)
+        return;
+    p->ack_fn = fn;
+    p->ack_ctx = ctx;
+}
+
+void
+sb_publisher_stats_get(const sb_publisher *p, sb_publisher_stats *st)
+{
+    if (p == NULL || st == NULL)
+        return;
+    *st = p->st;
+    st->inflight = p->ninflight;
+}
+
+/* ---- Outcomes ----------------------------------------------------- */
+
+static void
+s_report(sb_publisher *p, uint64_t token, sb_err err, uint64_t seq,
+         uint64_t agg_seq, uint64_t batch_id)
+{
+    if (err == SB_OK)
+        p->st.acked++;
+    else
+        p->st.refused++;
+    if (p->ack_fn != NULL) {
+        sb_ack_info a = {token, err, seq, agg_seq, batch_id};
+        p->ack_fn(&a, p->ack_ctx);
+    }
+}
+
+static void
+s_report_all(sb_publisher *p, const s_rec *r, sb_err err)
+{
+    for (uint32_t i = 0; i < r->count; i++)
+        s_report(p, r->first_token + i, err, 0, 0, 0);
+}
+
+/* At destroy: events never sent are SB_ECLOSED; sent ones whose reply did
+ * not come in time have an unknown fate, SB_ETIMEDOUT. Fire-and-forget
+ * requests have no outcome to report. */
+static void
+s_fail_pending(sb_publisher *p)
+{
+    for (uint32_t i = 0; i < p->ninflight; i++)
+        s_report_all(p, &p->inflight[i], SB_ETIMEDOUT);
+    p->ninflight = 0;
+    if (p->parked)
+        s_report_all(p, &p->prec, SB_ECLOSED);
+    if (p->nev > 0) {
+        s_rec r = {.first_token = p->first_token, .count = p->nev};
+        s_report_all(p, &r, SB_ECLOSED);
+        p->nev = 0;
+        p->len = 0;
+    }
+}
+
+/* Finds and forgets the request a reply answers. */
+static int
+s_take_rec(sb_publisher *p, uint64_t id, s_rec *out)
+{
+    if (id == 0)
+        return 0;
+    if (p->recent != NULL) {
+        s_rec *r = &p->recent[id % SBC_RECENT];
+        if (r->id != id)
+            return 0;
+        *out = *r;
+        r->id = 0;
+        return 1;
+    }
+    for (uint32_t i = 0; i < p->ninflight; i++) {
+        if (p->inflight[i].id == id) {
+            *out = p->inflight[i];
+            p->inflight[i] = p->inflight[--p->ninflight];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void
+s_on_reply(sb_publisher *p, const void *data, size_t len)
+{
+    Snapbus__Reply *rep;
+    s_rec r;
+
+    rep = snapbus__reply__unpack(&p->arena.pbc, len, data);
+    if (rep == NULL || rep->version != SB_PROTOCOL_VERSION ||
+        !s_take_rec(p, rep->request_id, &r)) {
+        p->st.bad_replies++;
+        goto out;
+    }
+    int acked = p->o.ack != SB_ACK_NONE;
+    if (rep->error != SNAPBUS__ERROR_CODE__ERR_NONE) {
+        s_report_all(p, &r, sbc_err_from_wire(rep->error));
+        goto out;
+    }
+    if (rep->body_case != SNAPBUS__REPLY__BODY_PUBLISH ||
+        rep->publish == NULL) {
+        /* An acked request must get its results; without them its
+         * events' fate is unknown, which we report as a protocol error
+         * rather than leave the caller waiting for acks forever. */
+        p->st.bad_replies++;
+        if (acked)
+            s_report_all(p, &r, SB_EPROTO);
+        goto out;
+    }
+    const Snapbus__PublishReply *pr = rep->publish;
+    if (pr->n_results != r.count)
+        p->st.bad_replies++; /* still report what we can */
+    for (uint32_t i = 0; i < r.count; i++) {
+        uint64_t token = r.first_token + i;
+        if (i >= pr->n_results) {
+            if (acked)
+                s_report(p, token, SB_EPROTO, 0, 0, 0);
+            continue;
+        }
+        const Snapbus__EventResult *er = pr->results[i];
+        sb_err err = sbc_err_from_wire(er->error);
+        /* Fire-and-forget reports refusals only: an SB_OK there does not
+         * mean the others were accepted, as no reply means that too. */
+        if (acked || err != SB_OK)
+            s_report(p, token, err, er->seq, er->aggregate_seq, er->batch_id);
+    }
+out:
+    sbc_arena_reset(&p->arena);
+}
+
+/* Reports and drops acked requests whose reply is overdue. */
+static void
+s_expire(sb_publisher *p, uint64_t now)
+{
+    if (p->o.reply_timeout_ms < 0)
+        return;
+    for (uint32_t i = 0; i < p->ninflight;) {
+        if (now - p->inflight[i].sent_ms >= (uint64_t)p->o.reply_timeout_ms) {
+            s_rec r = p->inflight[i];
+            p->inflight[i] = p->inflight[--p->ninflight];
+            s_report_all(p, &r, SB_ETIMEDOUT);
+        } else {
+            i++;
+        }
+    }
+}
+
+/* When the oldest acked request's reply becomes overdue; UINT64_MAX if
+ * never. */
+static uint64_t
+s_next_expiry(const sb_publisher *p)
+{
+    uint64_t t = UINT64_MAX;
+
+    if (p->o.reply_timeout_ms < 0)
+        return t;
+    for (uint32_t i = 0; i < p->ninflight; i++) {
+        uint64_t e = p->inflight[i].sent_ms + (uint64_t)p->o.reply_timeout_ms;
+        if (e < t)
+            t = e;
+    }
+    return t;
+}
+
+/* Reads every reply that is already here. Returns how many were read. */
+static int
+s_drain(sb_publisher *p)
+{
+    int n = 0;
+    zmq_msg_t m;
+
+    for (;;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, p->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            if (errno == EINTR)
+                continue;
+            return n;
+        }
+        n++;
+        if (zmq_msg_more(&m)) {
+            /* A reply is one frame; skip the whole multi-frame message. */
+            p->st.bad_replies++;
+            do {
+                zmq_msg_close(&m);
+                zmq_msg_init(&m);
+                if (zmq_msg_recv(&m, p->sock, ZMQ_DONTWAIT) < 0)
+                    break;
+            } while (zmq_msg_more(&m));
+            zmq_msg_close(&m);
+            continue;
+        }
+        s_on_reply(p, zmq_msg_data(&m), zmq_msg_size(&m));
+        zmq_msg_close(&m);
+    }
+}
+
+/* Waits for `events` on the socket until the deadline, reading replies
+ * that arrive; wakes up early to expire an overdue request (which may
+ * free the window). SB_OK: something happened, the caller re-checks;
+ * SB_ETIMEDOUT when the deadline passed first. */
+static sb_err
+s_wait(sb_publisher *p, short events, uint64_t deadline)
+{
+    zmq_pollitem_t it = {p->sock, 0, events, 0};
+    uint64_t expiry = s_next_expiry(p);
+    uint64_t until = expiry < deadline ? expiry : deadline;
+    int n = zmq_poll(&it, 1, s_remaining(until));
+
+    if (n < 0)
+        return errno == EINTR ? SB_OK : SB_ESYS; /* the caller loops */
+    if (n > 0) {
+        if (it.revents & ZMQ_POLLIN)
+            s_drain(p);
+        return SB_OK;
+    }
+    uint64_t now = sbc_coarse_ms();
+    if (expiry != UINT64_MAX && now >= expiry) {
+        s_expire(p, now);
+        return SB_OK;
+    }
+    return deadline != UINT64_MAX && now >= deadline ? SB_ETIMEDOUT : SB_OK;
+}
+
+/* ---- Sending ------------------------------------------------------ */
+
+/* Writes the headers in front of the gathered events and parks the
+ * request as a ZeroMQ message that owns the buffer. */
+static sb_err
+s_seal(sb_publisher *p)
+{
+    uint8_t ack = (uint8_t)p->o.ack;
+    size_t ack_len = ack ? 2 : 0;
+    size_t pub_len = p->len + ack_len;
+    uint64_t id = p->next_id;
+    size_t hdr =
+        2 + 1 + sbc_varint_len(id) + 1 + sbc_varint_len(pub_len) + ack_len;
+
+    assert(p->nev > 0 && !p->parked && hdr <= SBC_HEADROOM);
+    uint8_t *start = p->buf + SBC_HEADROOM - hdr;
+    uint8_t *w = start;
+    *w++ = TAG(1, TAG_VARINT);
+    *w++ = SB_PROTOCOL_VERSION;
+    *w++ = TAG(2, TAG_VARINT);
+    w = sbc_varint_put(w, id);
+    *w++ = TAG(4, TAG_LEN);
+    w = sbc_varint_put(w, pub_len);
+    if (ack) {
+        *w++ = TAG(1, TAG_VARINT);
+        *w++ = ack;
+    }
+    assert(w == p->buf + SBC_HEADROOM);
+    if (zmq_msg_init_data(&p->pmsg, start, hdr + p->len, s_free_buf, p->hdr) !=
+        0)
+        return SB_ENOMEM; /* still gathering: nothing changed */
+    p->next_id++;
+    p->prec.id = id;
+    p->prec.first_token = p->first_token;
+    p->prec.count = p->nev;
+    p->parked = 1;
+    p->hdr = NULL;
+    p->buf = NULL;
+    p->cap = 0;
+    p->len = 0;
+    p->nev = 0;
+    return SB_OK;
+}
+
+static void
+s_record_sent(sb_publisher *p)
+{
+    p->st.requests++;
+    p->prec.sent_ms = sbc_coarse_ms();
+    if (p->recent != NULL)
+        p->recent[p->prec.id % SBC_RECENT] = p->prec;
+    else
+        p->inflight[p->ninflight++] = p->prec;
+}
+
+/* Sends the parked request: SB_OK when the socket took it, SB_EAGAIN with
+ * SB_DONTWAIT when the window or the HWM is full (still parked),
+ * SB_ETIMEDOUT when the deadline passed (still parked). */
+static sb_err
+s_send_parked(sb_publisher *p, int flags, uint64_t deadline)
+{
+    int waited = 0;
+
+    while (p->parked) {
+        short want = 0;
+
+        if (p->inflight != NULL && p->ninflight >= p->o.window) {
+            s_drain(p);
+            s_expire(p, sbc_coarse_ms());
+            if (p->ninflight >= p->o.window)
+                want = ZMQ_POLLIN;
+        }
+        if (want == 0) {
+            if (zmq_msg_send(&p->pmsg, p->sock, ZMQ_DONTWAIT) >= 0) {
+                /* zmq_msg_send emptied pmsg: the buffer is ZeroMQ's. */
+                p->parked = 0;
+                s_record_sent(p);
+                s_drain(p);
+                return SB_OK;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                return SB_ESYS;
+            want = ZMQ_POLLIN | ZMQ_POLLOUT;
+        }
+        if (flags & SB_DONTWAIT)
+            return SB_EAGAIN;
+        if (!waited) {
+            p->st.waits++;
+            waited = 1;
+        }
+        sb_err rc = s_wait(p, want, deadline);
+        if (rc != SB_OK)
+            return rc;
+    }
+    return SB_OK;
+}
+
+static sb_err
+s_seal_and_send(sb_publisher *p, int flags, uint64_t deadline)
+{
+    sb_err rc;
+
+    if (p->parked && (rc = s_send_parked(p, flags, deadline)) != SB_OK)
+        return rc;
+    if (p->nev == 0)
+        return SB_OK;
+    if ((rc = s_seal(p)) != SB_OK)
+        return rc;
+    return s_send_parked(p, flags, deadline);
+}
+
+/* ---- Encoding ----------------------------------------------------- */
+
+typedef struct {
+    size_t agg, type, event_id, producer_id; /* string lengths */
+    size_t body;                             /* encoded Event */
+    size_t item;                             /* with its tag and length */
+} s_sizes;
+
+static size_t
+s_len_field(size_t n)
+{
+    return n ? 1 + sbc_varint_len(n) + n : 0;
+}
+
+static size_t
+s_varint_field(uint64_t v)
+{
+    return v ? 1 + sbc_varint_len(v) : 0;
+}
+
+static sb_err
+s_measure(const sb_pub_event *ev, s_sizes *z)
+{
+    if (ev->aggregate == NULL || ev->type == NULL ||
+        (ev->payload == NULL && ev->payload_len > 0))
+        return SB_EINVAL;
+    z->agg = strlen(ev->aggregate);
+    z->type = strlen(ev->type);
+    if (z->agg == 0 || z->type == 0)
+        return SB_EINVAL;
+    if (ev->payload_len > SBC_MAX_ENCODED)
+        return SB_ETOOBIG;
+    z->event_id = ev->event_id ? strlen(ev->event_id) : 0;
+    z->producer_id = ev->producer_id ? strlen(ev->producer_id) : 0;
+    z->body = s_len_field(z->agg) + s_len_field(z->type) +
+              s_len_field(ev->payload_len) + s_len_field(z->event_id) +
+              (ev->has_source_pos ? 2 + s_varint_field(ev->source_pos) : 0) +
+              s_varint_field(ev->caused_by) + s_len_field(z->producer_id) +
+              s_varint_field(ev->producer_seq) +
+              s_varint_field(ev->client_ts_ms);
+    if (z->body > SBC_MAX_ENCODED)
+        return SB_ETOOBIG;
+    z->item = 1 + sbc_varint_len(z->body) + z->body;
+    return SB_OK;
+}
+
+/* The event alone would make a request over max_request_bytes. */
+static int
+s_too_big(const sb_publisher *p, const s_sizes *z)
+{
+    return p->o.max_request_bytes != 0 && z->item > p->max_events_len;
+}
+
+static uint8_t *
+s_put_bytes(uint8_t *w, int field, const void *b, size_t n)
+{
+    if (n == 0)
+        return w;
+    *w++ = TAG(field, TAG_LEN);
+    w = sbc_varint_put(w, n);
+    memcpy(w, b, n);
+    return w + n;
+}
+
+static uint8_t *
+s_put_varint(uint8_t *w, int field, uint64_t v)
+{
+    if (v == 0)
+        return w;
+    *w++ = TAG(field, TAG_VARINT);
+    return sbc_varint_put(w, v);
+}
+
+static sb_err
+s_append(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z)
+{
+    size_t need = SBC_HEADROOM + p->len + z->item;
+
+    if (need > SBC_MAX_ENCODED)
+        return SB_ETOOBIG;
+    if (p->hdr == NULL && s_buf_new(p, need) != SB_OK)
+        return SB_ENOMEM;
+    if (need > p->cap) {
+        /* Only a first event larger than batch_bytes gets here (a request
+         * with events is sealed before it would pass batch_bytes). */
+        s_bufhdr *h = realloc(p->hdr, sizeof *h + need);
+        if (h == NULL)
+            return SB_ENOMEM;
+        h->cap = need; /* no longer the pool's size: freed after use */
+        p->hdr = h;
+        p->buf = (uint8_t *)(h + 1);
+        p->cap = need;
+    }
+    uint8_t *w = p->buf + SBC_HEADROOM + p->len;
+    *w++ = TAG(2, TAG_LEN); /* Publish.events */
+    w = sbc_varint_put(w, z->body);
+    w = s_put_bytes(w, 1, ev->aggregate, z->agg);
+    w = s_put_bytes(w, 2, ev->type, z->type);
+    w = s_put_bytes(w, 3, ev->payload, ev->payload_len);
+    w = s_put_bytes(w, 4, ev->event_id, z->event_id);
+    if (ev->has_source_pos)
+        w = s_put_varint(w, 5, ev->source_pos);
+    w = s_put_varint(w, 6, ev->caused_by);
+    w = s_put_bytes(w, 7, ev->producer_id, z->producer_id);
+    w = s_put_varint(w, 8, ev->producer_seq);
+    w = s_put_varint(w, 9, ev->client_ts_ms);
+    if (ev->has_source_pos) {
+        /* Position 0 is valid, so presence travels in its own field. */
+        *w++ = TAG(10, TAG_VARINT);
+        *w++ = 1;
+    }
+    assert(w == p->buf + SBC_HEADROOM + p->len + z->item);
+    p->len += z->item;
+    return SB_OK;
+}
+
+/* ---- Public calls ------------------------------------------------- */
+
+/* SB_EAGAIN (SB_DONTWAIT) or SB_ETIMEDOUT (blocking) is only returned
+ * before the event is taken, so the caller may simply retry it: a request
+ * that the socket would not take stays parked and goes first next time.
+ * Once the event is in, publish returns SB_OK even if the request it
+ * completed could not be sent yet (it is parked, and sent by the next
+ * publish/flush/poll/wait_all). */
+sb_err
+sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev, int flags,
+                     uint64_t *token)
+{
+    s_sizes z;
+    sb_err rc;
+
+    if (p == NULL || ev == NULL)
+        return SB_EINVAL;
+    if ((rc = s_measure(ev, &z)) != SB_OK)
+        return rc;
+    if (s_too_big(p, &z))
+        return SB_ETOOBIG;
+    uint64_t now = sbc_coarse_ms();
+    uint64_t deadline =
+        p->o.timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)p->o.timeout_ms;
+    if (p->parked) {
+        if ((rc = s_send_parked(p, flags, deadline)) != SB_OK)
+            return rc;
+        /* It may have waited: a stale `now` would start the next request
+         * already old, and linger would cut it short. */
+        now = sbc_coarse_ms();
+    }
+    if (p->nev > 0 && (now - p->started_ms >= p->o.linger_ms ||
+                       p->len + z.item > p->max_events_len)) {
+        if ((rc = s_seal_and_send(p, flags, deadline)) != SB_OK)
+            return rc;
+    }
+    if ((rc = s_append(p, ev, &z)) != SB_OK)
+        return rc;
+    if (p->nev++ == 0) {
+        p->first_token = p->next_token;
+        p->started_ms = now;
+    }
+    if (token != NULL)
+        *token = p->next_token;
+    p->next_token++;
+    p->st.events++;
+    if (p->nev >= p->o.batch_events || p->len >= p->max_events_len) {
+        /* The event is taken: never wait here. Parked on EAGAIN. */
+        (void)s_seal_and_send(p, SB_DONTWAIT, deadline);
+    }
+    return SB_OK;
+}
+
+sb_err
+sb_publisher_flush(sb_publisher *p, int flags)
+{
+    if (p == NULL)
+        return SB_EINVAL;
+    return s_seal_and_send(p, flags, s_deadline(p->o.timeout_ms));
+}
+
+/* One pass of housekeeping: linger, a parked request, replies. Returns
+ * how many replies it read. */
+static int
+s_service(sb_publisher *p, uint64_t now)
+{
+    s_expire(p, now);
+    if (p->nev > 0 && now - p->started_ms >= p->o.linger_ms)
+        (void)s_seal_and_send(p, SB_DONTWAIT, 0);
+    else if (p->parked)
+        (void)s_send_parked(p, SB_DONTWAIT, 0);
+    return s_drain(p);
+}
+
+sb_err
+sb_publisher_poll(sb_publisher *p, int timeout_ms)
+{
+    if (p == NULL)
+        return SB_EINVAL;
+    uint64_t deadline = s_deadline(timeout_ms);
+
+    for (;;) {
+        uint64_t now = sbc_coarse_ms();
+        if (s_service(p, now) > 0)
+            return SB_OK;
+        uint64_t until = deadline;
+        /* Linger can only act once no request is parked ahead of it;
+         * until then the wait is for the socket (POLLIN/POLLOUT). */
+        if (p->nev > 0 && !p->parked && p->started_ms + p->o.linger_ms < until)
+            until = p->started_ms + p->o.linger_ms;
+        uint64_t expiry = s_next_expiry(p);
+        if (expiry < until)
+            until = expiry;
+        if (until != UINT64_MAX && now >= until) {
+            if (until == deadline)
+                return SB_OK;
+            continue; /* linger or an expiry is due: service does it */
+        }
+        short events = ZMQ_POLLIN;
+        /* POLLOUT only helps a parked request the window lets go. */
+        if (p->parked && (p->inflight == NULL || p->ninflight < p->o.window))
+            events |= ZMQ_POLLOUT;
+        zmq_pollitem_t it = {p->sock, 0, events, 0};
+        if (zmq_poll(&it, 1, s_remaining(until)) < 0 && errno != EINTR)
+            return SB_ESYS;
+    }
+}
+
+sb_err
+sb_publisher_wait_all(sb_publisher *p, int timeout_ms)
+{
+    sb_err rc;
+
+    if (p == NULL)
+        return SB_EINVAL;
+    uint64_t deadline = s_deadline(timeout_ms);
+    if ((rc = s_seal_and_send(p, 0, deadline)) != SB_OK)
+        return rc;
+    while (p->ninflight > 0) {
+        if ((rc = s_wait(p, ZMQ_POLLIN, deadline)) != SB_OK)
+            return rc;
+    }
+    return SB_OK;
+}

@@ -1,0 +1,22 @@
+/* sbc_query: hello and fetch on the broker's query socket over one
+ * long-lived DEALER, with resend on timeout (see sbc_query.c). Return
+ * codes follow sbc_transport's (sbc_sub.h). */
+#ifndef SBC_QUERY_H
+#define SBC_QUERY_H
+
+#include "sbc_sub.h"
+
+typedef struct sbc_query sbc_query;
+
+sb_err sbc_query_new(sbc_query **out, void *zctx, const char *endpoint,
+                     int timeout_ms);
+void sbc_query_destroy(sbc_query **qp);
+sb_err sbc_query_hello(sbc_query *q, sbc_hello_info *h, int wait_ms,
+                       int fresh);
+sb_err sbc_query_fetch(sbc_query *q, const sbc_fetch_req *r,
+                       sbc_page_info *info, sb_snapshot **out, int wait_ms,
+                       int fresh);
+void sbc_query_counts(const sbc_query *q, uint64_t *fetches,
+                      uint64_t *timeouts);
+
+#endif

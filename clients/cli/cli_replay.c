@@ -1,0 +1,513 @@
+/* snapbus replay: publishes a recorded history (docs/REPLAY.md) as fast
+ * as the broker takes it: the tool a node runs at start-up.
+ *
+ * Every publish blocks (no SB_DONTWAIT): when the broker applies
+ * backpressure the tool waits, it never drops or gives up on an event.
+ * A progress line (events, rate, ETA from the bytes read) is redrawn on
+ * stdout when stdout is a terminal; a summary (sent, acked, refused,
+ * elapsed) always ends the run. The replay file format's code is here
+ * too (cli_rec.h), shared with `snapbus record`. Single-threaded. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_rec.h"
+#include "snapbus.h"
+
+/* ---- the file format -------------------------------------------------- */
+
+enum { WT_VARINT = 0, WT_LEN = 2 };
+
+static size_t
+s_vlen(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *
+s_vput(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static size_t
+s_str_size(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    return n ? 1 + s_vlen(n) + n : 0;
+}
+
+static size_t
+s_uint_size(uint64_t v)
+{
+    return v ? 1 + s_vlen(v) : 0;
+}
+
+size_t
+cli_rec_size(const sb_pub_event *ev)
+{
+    return s_str_size(ev->aggregate) + s_str_size(ev->type) +
+           (ev->payload_len ? 1 + s_vlen(ev->payload_len) + ev->payload_len
+                            : 0) +
+           s_str_size(ev->event_id) +
+           s_uint_size(ev->has_source_pos ? ev->source_pos : 0) +
+           s_uint_size(ev->caused_by) + s_str_size(ev->producer_id) +
+           s_uint_size(ev->producer_seq) + s_uint_size(ev->client_ts_ms) +
+           s_uint_size(ev->has_source_pos != 0);
+}
+
+static uint8_t *
+s_put_bytes(uint8_t *p, unsigned num, const void *s, size_t n)
+{
+    if (n == 0)
+        return p;
+    *p++ = (uint8_t)(num << 3 | WT_LEN);
+    p = s_vput(p, n);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static uint8_t *
+s_put_str(uint8_t *p, unsigned num, const char *s)
+{
+    return s_put_bytes(p, num, s, s ? strlen(s) : 0);
+}
+
+static uint8_t *
+s_put_uint(uint8_t *p, unsigned num, uint64_t v)
+{
+    if (v == 0)
+        return p;
+    *p++ = (uint8_t)(num << 3 | WT_VARINT);
+    return s_vput(p, v);
+}
+
+int
+cli_rec_write(FILE *f, const sb_pub_event *ev)
+{
+    size_t n = cli_rec_size(ev);
+    uint8_t stackbuf[1024], *buf = stackbuf, *p;
+
+    if (n == 0 || n > CLI_REC_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n + 4 > sizeof stackbuf && (buf = malloc(n + 4)) == NULL)
+        return -1;
+    buf[0] = (uint8_t)n;
+    buf[1] = (uint8_t)(n >> 8);
+    buf[2] = (uint8_t)(n >> 16);
+    buf[3] = (uint8_t)(n >> 24);
+    p = buf + 4;
+    p = s_put_str(p, 1, ev->aggregate);
+    p = s_put_str(p, 2, ev->type);
+    p = s_put_bytes(p, 3, ev->payload, ev->payload_len);
+    p = s_put_str(p, 4, ev->event_id);
+    p = s_put_uint(p, 5, ev->has_source_pos ? ev->source_pos : 0);
+    p = s_put_uint(p, 6, ev->caused_by);
+    p = s_put_str(p, 7, ev->producer_id);
+    p = s_put_uint(p, 8, ev->producer_seq);
+    p = s_put_uint(p, 9, ev->client_ts_ms);
+    p = s_put_uint(p, 10, ev->has_source_pos != 0);
+    int rc = fwrite(buf, 1, n + 4, f) == n + 4 ? 0 : -1;
+    if (buf != stackbuf)
+        free(buf);
+    return rc;
+}
+
+static int
+s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p == end)
+            return -1;
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Copies a string field into r->text (NUL-terminated). */
+static const char *
+s_text(cli_rec *r, size_t *used, const uint8_t *s, size_t n)
+{
+    char *t = r->text + *used;
+
+    if (memchr(s, 0, n) != NULL)
+        return NULL; /* names never hold a NUL */
+    memcpy(t, s, n);
+    t[n] = '\0';
+    *used += n + 1;
+    return t;
+}
+
+static int
+s_decode(cli_rec *r, size_t len, const char **why)
+{
+    const uint8_t *p = r->buf, *end = r->buf + len;
+    size_t used = 0;
+    sb_pub_event *ev = &r->ev;
+
+    /* Strings take at most len bytes plus a NUL each (<= len / 2). */
+    if (r->textcap < len + len / 2 + 8) {
+        size_t cap = len + len / 2 + 8;
+        char *t = realloc(r->text, cap);
+        if (t == NULL) {
+            *why = "out of memory";
+            return -1;
+        }
+        r->text = t;
+        r->textcap = cap;
+    }
+    memset(ev, 0, sizeof *ev);
+    while (p < end) {
+        uint64_t key, v;
+        if (s_varint(&p, end, &key) != 0)
+            goto bad;
+        unsigned num = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
+        if (wt == WT_VARINT) {
+            if (s_varint(&p, end, &v) != 0)
+                goto bad;
+            switch (num) {
+            case 5: ev->source_pos = v; break;
+            case 6: ev->caused_by = v; break;
+            case 8: ev->producer_seq = v; break;
+            case 9: ev->client_ts_ms = v; break;
+            case 10: ev->has_source_pos = v != 0; break;
+            default: break; /* unknown: skipped, as protobuf does */
+            }
+            continue;
+        }
+        if (wt != WT_LEN || s_varint(&p, end, &v) != 0 ||
+            v > (uint64_t)(end - p))
+            goto bad;
+        const uint8_t *s = p;
+        size_t n = (size_t)v;
+        p += n;
+        const char *t = NULL;
+        switch (num) {
+        case 3:
+            ev->payload = s;
+            ev->payload_len = n;
+            continue;
+        case 1: case 2: case 4: case 7:
+            if ((t = s_text(r, &used, s, n)) == NULL)
+                goto bad;
+            break;
+        default:
+            continue;
+        }
+        if (num == 1)
+            ev->aggregate = t;
+        else if (num == 2)
+            ev->type = t;
+        else if (num == 4)
+            ev->event_id = t;
+        else
+            ev->producer_id = t;
+    }
+    if (ev->aggregate == NULL || ev->type == NULL) {
+        *why = "an event without aggregate or type";
+        return -1;
+    }
+    return 1;
+bad:
+    *why = "a record that is not a protobuf Event";
+    return -1;
+}
+
+int
+cli_rec_read(FILE *f, cli_rec *r, const char **why)
+{
+    uint8_t h[4];
+    size_t got = fread(h, 1, 4, f);
+
+    if (got == 0 && feof(f))
+        return 0;
+    if (got != 4) {
+        *why = ferror(f) ? "read error" : "truncated record length";
+        return -1;
+    }
+    size_t n = (size_t)h[0] | (size_t)h[1] << 8 | (size_t)h[2] << 16 |
+               (size_t)h[3] << 24;
+    if (n == 0 || n > CLI_REC_MAX) {
+        *why = "record length out of range";
+        return -1;
+    }
+    if (r->cap < n) {
+        uint8_t *b = realloc(r->buf, n);
+        if (b == NULL) {
+            *why = "out of memory";
+            return -1;
+        }
+        r->buf = b;
+        r->cap = n;
+    }
+    if (fread(r->buf, 1, n, f) != n) {
+        *why = ferror(f) ? "read error" : "truncated record";
+        return -1;
+    }
+    return s_decode(r, n, why);
+}
+
+void
+cli_rec_free(cli_rec *r)
+{
+    free(r->buf);
+    free(r->text);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- replay ---------------------------------------------------------- */
+
+typedef struct {
+    uint64_t acked;
+    uint64_t refused;
+    sb_err first_err;
+} s_count;
+
+static void
+s_on_ack(const sb_ack_info *a, void *ctx)
+{
+    s_count *c = ctx;
+
+    if (a->err == SB_OK) {
+        c->acked++;
+    } else {
+        if (c->refused++ == 0)
+            c->first_err = a->err;
+    }
+}
+
+static void
+s_progress(uint64_t sent, uint64_t bytes, uint64_t total, uint64_t t0,
+           int final)
+{
+    double el = (double)(cli_now_ns() - t0) / 1e9;
+    double rate = el > 0 ? (double)sent / el : 0;
+    double frac = total ? (double)bytes / (double)total : 0;
+    char bar[31];
+    int fill = (int)(frac * 30 + 0.5);
+
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = '\0';
+    printf("\r[%s] %3.0f%% %" PRIu64 " events  %.0f ev/s", bar, frac * 100,
+           sent, rate);
+    if (!final && frac > 0 && frac < 1)
+        printf("  ETA %.0fs ", el * (1 - frac) / frac);
+    else
+        printf("          ");
+    if (final)
+        putchar('\n');
+    fflush(stdout);
+}
+
+static void
+s_help(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: snapbus replay [OPTIONS] FILE\n"
+        "\n"
+        "Publishes every event of FILE (a replay file: docs/REPLAY.md; '-'\n"
+        "for stdin), in order, as fast as the broker takes them. Waits while\n"
+        "the broker applies backpressure; never drops an event. Shows a\n"
+        "progress line on a terminal and ends with a summary.\n"
+        "\n"
+        "options:\n"
+        "  -e, --endpoint EP     broker ingest (default tcp://127.0.0.1:7701)\n"
+        "  -a, --ack LEVEL       none|sequenced|published (default sequenced)\n"
+        "  -w, --window N        requests awaiting their ack (default 64)\n"
+        "  -b, --batch N         events per request, at most (default 1000)\n"
+        "  -T, --timeout-ms MS   longest wait for the last acks (default\n"
+        "                        60000)\n"
+        "  -q, --quiet           no progress line\n"
+        "  -h, --help            this help\n"
+        "\n"
+        "Exit status: 0 all taken, 1 the broker refused some event,\n"
+        "2 usage, 3 the file is unreadable or the broker did not answer.\n");
+}
+
+int
+cli_replay(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"endpoint", required_argument, NULL, 'e'},
+        {"ack", required_argument, NULL, 'a'},
+        {"window", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, 'b'},
+        {"timeout-ms", required_argument, NULL, 'T'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    sb_publisher_opts po;
+    int c, quiet = 0, wait_ms = 60000, n;
+    s_count cnt = {0};
+
+    sb_publisher_opts_defaults(&po);
+    po.timeout_ms = -1; /* publish waits for the broker as long as it takes */
+    while ((c = getopt_long(argc, argv, "e:a:w:b:T:qh", lo, NULL)) != -1) {
+        switch (c) {
+        case 'e':
+            po.endpoint = optarg;
+            break;
+        case 'a':
+            if (!strcmp(optarg, "none"))
+                po.ack = SB_ACK_NONE;
+            else if (!strcmp(optarg, "sequenced"))
+                po.ack = SB_ACK_SEQUENCED;
+            else if (!strcmp(optarg, "published"))
+                po.ack = SB_ACK_PUBLISHED;
+            else {
+                fprintf(stderr, "snapbus replay: bad --ack '%s'\n", optarg);
+                return CLI_USAGE;
+            }
+            break;
+        case 'w':
+            if (cli_parse_int(optarg, 1, 1000000, &n) != 0) {
+                fprintf(stderr, "snapbus replay: bad --window\n");
+                return CLI_USAGE;
+            }
+            po.window = (uint32_t)n;
+            break;
+        case 'b':
+            if (cli_parse_int(optarg, 1, 1000000, &n) != 0) {
+                fprintf(stderr, "snapbus replay: bad --batch\n");
+                return CLI_USAGE;
+            }
+            po.batch_events = (uint32_t)n;
+            break;
+        case 'T':
+            if (cli_parse_int(optarg, -1, 86400000, &wait_ms) != 0) {
+                fprintf(stderr, "snapbus replay: bad --timeout-ms\n");
+                return CLI_USAGE;
+            }
+            break;
+        case 'q':
+            quiet = 1;
+            break;
+        case 'h':
+            s_help(stdout);
+            return CLI_OK;
+        default:
+            s_help(stderr);
+            return CLI_USAGE;
+        }
+    }
+    if (optind + 1 != argc) {
+        s_help(stderr);
+        return CLI_USAGE;
+    }
+    const char *path = argv[optind];
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (f == NULL) {
+        fprintf(stderr, "snapbus replay: %s: %s\n", path, strerror(errno));
+        return CLI_FAILED;
+    }
+    static char iobuf[1 << 20];
+    setvbuf(f, iobuf, _IOFBF, sizeof iobuf);
+    char magic[CLI_REC_MAGIC_LEN];
+    if (fread(magic, 1, sizeof magic, f) != sizeof magic ||
+        memcmp(magic, CLI_REC_MAGIC, sizeof magic) != 0) {
+        fprintf(stderr, "snapbus replay: %s: not a replay file\n", path);
+        if (f != stdin)
+            fclose(f);
+        return CLI_FAILED;
+    }
+    struct stat sbuf;
+    uint64_t total = f != stdin && fstat(fileno(f), &sbuf) == 0
+                         ? (uint64_t)sbuf.st_size
+                         : 0;
+    int bar = !quiet && isatty(STDOUT_FILENO);
+
+    sb_publisher *p;
+    sb_err e = sb_publisher_new(&p, &po);
+    if (e != SB_OK) {
+        fprintf(stderr, "snapbus replay: %s: %s\n", po.endpoint, sb_strerror(e));
+        if (f != stdin)
+            fclose(f);
+        return e == SB_EINVAL ? CLI_USAGE : CLI_FAILED;
+    }
+    sb_publisher_on_ack(p, s_on_ack, &cnt);
+
+    cli_rec r = {0};
+    const char *why = NULL;
+    uint64_t sent = 0, bytes = CLI_REC_MAGIC_LEN, t0 = cli_now_ns();
+    uint64_t next_draw = t0;
+    int rc = CLI_OK, got;
+    while ((got = cli_rec_read(f, &r, &why)) == 1) {
+        /* Blocking: waits out the broker's backpressure. */
+        if ((e = sb_publisher_publish(p, &r.ev, 0, NULL)) != SB_OK) {
+            if (e == SB_EINVAL || e == SB_ETOOBIG) {
+                /* This event can never be taken: count it, go on. */
+                cnt.refused++;
+                if (cnt.first_err == SB_OK)
+                    cnt.first_err = e;
+            } else {
+                fprintf(stderr, "\nsnapbus replay: publish: %s\n",
+                        sb_strerror(e));
+                rc = CLI_FAILED;
+                break;
+            }
+        }
+        sent++;
+        bytes += 4 + cli_rec_size(&r.ev);
+        if (bar && (sent & 1023) == 0 && cli_now_ns() >= next_draw) {
+            s_progress(sent, bytes, total, t0, 0);
+            next_draw = cli_now_ns() + 200000000ull;
+        }
+    }
+    if (got < 0) {
+        fprintf(stderr, "\nsnapbus replay: %s: record %" PRIu64 ": %s\n", path,
+                sent + 1, why);
+        rc = CLI_FAILED;
+    }
+    if (f != stdin)
+        fclose(f);
+    cli_rec_free(&r);
+    e = sb_publisher_wait_all(p, wait_ms);
+    if (e != SB_OK) {
+        fprintf(stderr, "\nsnapbus replay: waiting for acks: %s\n",
+                sb_strerror(e));
+        rc = CLI_FAILED;
+    }
+    sb_publisher_destroy(&p); /* reports what never got an answer */
+    double el = (double)(cli_now_ns() - t0) / 1e9;
+    if (bar)
+        s_progress(sent, total ? total : bytes, total ? total : bytes, t0, 1);
+    if (po.ack == SB_ACK_NONE)
+        printf("sent=%" PRIu64 " acked=- refused=%" PRIu64, sent, cnt.refused);
+    else
+        printf("sent=%" PRIu64 " acked=%" PRIu64 " refused=%" PRIu64, sent,
+               cnt.acked, cnt.refused);
+    printf(" elapsed=%.3fs rate=%.0f ev/s\n", el, el > 0 ? sent / el : 0.0);
+    if (cnt.refused)
+        fprintf(stderr, "snapbus replay: %" PRIu64 " events refused (first: %s)\n",
+                cnt.refused, sb_strerror(cnt.first_err));
+    fflush(stdout);
+    if (rc == CLI_OK && cnt.refused)
+        rc = CLI_REFUSED;
+    return rc;
+}
