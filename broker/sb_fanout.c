@@ -52,6 +52,15 @@ sb_ring_new(sb_ring **out, uint64_t max_batches, uint64_t max_bytes)
     return SB_OK;
 }
 
+/* What a retained batch costs in memory: its bytes and its header (the
+ * topic alone is 256 bytes). Counting only the encoded bytes let a ring of
+ * small batches exceed retention.bytes by a third. */
+static uint64_t
+s_mem(const sb_blob *b)
+{
+    return sizeof *b + b->len;
+}
+
 static void
 s_evict(sb_ring *r)
 {
@@ -59,7 +68,7 @@ s_evict(sb_ring *r)
 
     if (b->last_seq + 1 > r->horizon)
         r->horizon = b->last_seq + 1;
-    r->bytes -= b->len;
+    r->bytes -= s_mem(b);
     r->slot[r->head] = NULL;
     r->head = (r->head + 1) % r->cap;
     r->count--;
@@ -83,12 +92,12 @@ sb_ring_destroy(sb_ring **rp)
 sb_err
 sb_ring_add(sb_ring *r, sb_blob *b)
 {
-    while (r->count > 0 && (r->count == r->cap || r->bytes + b->len > r->max_bytes))
+    while (r->count > 0 && (r->count == r->cap || r->bytes + s_mem(b) > r->max_bytes))
         s_evict(r);
     atomic_fetch_add(&b->refs, 1);
     r->slot[(r->head + r->count) % r->cap] = b;
     r->count++;
-    r->bytes += b->len;
+    r->bytes += s_mem(b);
     return SB_OK;
 }
 

@@ -435,6 +435,9 @@ s_storage(sb_logstore *a, uint64_t now)
             s_accepted(a);
             s_written(a);
             s_publish_store_stats(a);
+            /* The router batches while we sync: hand the requests over
+             * before the fdatasync blocks this thread. */
+            (void) s_flush(a, &a->fwd, a->args.out, 2);
             moved = 1;
         } else {
             s_refuse(a, rc, "write", now);
@@ -798,6 +801,14 @@ sb_logstore_find(sb_store_reader *r, const sb_ring_query *q, uint64_t published,
         if (br->seqs[0] < first_seq) {
             /* Its first events went with an older segment. */
             if (ncand == 0) {
+                /* Then it is evicted: say where retention starts after
+                 * it, as the ring's horizon does, so that the client's
+                 * next cursor (or from_seq) steps past it. Reporting the
+                 * log's first batch instead would refuse that same cursor
+                 * again, for ever. */
+                res->retained_first_batch_id = rec.key + 1;
+                if (br->seqs[br->n - 1] + 1 > res->retained_first_seq)
+                    res->retained_first_seq = br->seqs[br->n - 1] + 1;
                 rc = SB_ENOENT;
                 goto out;
             }

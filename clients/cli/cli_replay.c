@@ -367,7 +367,11 @@ cli_replay(int argc, char **argv)
     s_count cnt = {0};
 
     sb_publisher_opts_defaults(&po);
-    po.timeout_ms = -1; /* publish waits for the broker as long as it takes */
+    /* Publish waits for the broker as long as it takes, and so does an
+     * ack: under backpressure a reply can take longer than any fixed
+     * timeout, and a timeout would report events of unknown fate. */
+    po.timeout_ms = -1;
+    po.reply_timeout_ms = -1;
     while ((c = getopt_long(argc, argv, "e:a:w:b:T:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'e':

@@ -1,7 +1,7 @@
 /* Writes the seed corpora committed under tests/fuzz/corpus/<name>/:
  * small valid inputs of every kind each harness reads, and a few typical
  * refusals, so that fuzzing starts from the real formats rather than
- * from nothing. Regenerate (deterministic) with
+ * from nothing. Regenerate (the same bytes every time) with
  *
  *     ./build/fuzz/fuzz_seeds tests/fuzz/corpus
  *
@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "sb_config.h"
+#include "sb_crc32c.h"
 #include "sb_msg.h"
 #include "sb_store.h"
 #include "snapbus.pb-c.h"
@@ -402,6 +403,13 @@ s_store(void)
     uint8_t *seg = s_slurp(path, &seg_n);
     snprintf(path, sizeof path, "%s/checkpoint", dir);
     uint8_t *ckp = s_slurp(path, &ckp_n);
+    /* A fixed creation time (segment header bytes 40..47, then its CRC at
+     * 60), so that regenerating gives the same bytes. */
+    for (int i = 0; i < 8; i++)
+        seg[40 + i] = (uint8_t) (1795596411816ull >> (8 * i));
+    uint32_t crc = sb_crc32c(0, seg, 60);
+    for (int i = 0; i < 4; i++)
+        seg[60 + i] = (uint8_t) (crc >> (8 * i));
     /* Bit 2 of the first byte: the harness fixes CRCs up (valid ones stay
      * as they are). fuzz_store reads records; fuzz_logfiles, files (bit 0:
      * recovery rather than a reader). */
@@ -419,6 +427,41 @@ s_store(void)
     s_rm_rf(dir);
 }
 
+/* ---- the subscriber's gap engine (fuzz_gap) -------------------------------
+ * Layout (fuzz_gap.c): flags (bit 0 hostile, bit 1 two subscriptions,
+ * bit 2 resume, bit 3 stop on loss), max_scan, subscription(s), resume
+ * seq if bit 2, probe_ms, then (op, arg) pairs: op % 8 0-2 event of
+ * aggregate arg % 5, 3 flush of aggregate arg % 5 with fate (arg >> 4) % 3
+ * (0 live, 1 dropped, 2 twice), 4 and 7 recv, 5 clock, 6 evict arg % 8. */
+static void
+s_gap(void)
+{
+    static const uint8_t live[] = {
+        0x00, 10, 0, 20,
+        4, 0,  0, 0, 0, 2, 3, 0x00, 3, 0x12, 4, 3, 0, 0, 3, 0x20, 4, 3,
+        0, 1, 0, 3, 3, 0x01, 3, 0x03, 5, 30, 4, 7, 0, 2, 3, 0x12, 5, 60, 4, 7};
+    s_seed("gap", "live-drop-and-duplicate", -1, live, sizeof live);
+    static const uint8_t two[] = {
+        0x02, 3, 1, 3, 15,
+        0, 0, 0, 3, 3, 0x00, 0, 1, 0, 4, 4, 0, 3, 0x10, 3, 0x14, 3, 0x01,
+        0, 0, 0, 2, 3, 0x10, 3, 0x02, 5, 40, 4, 7};
+    s_seed("gap", "two-subscriptions-small-scan", -1, two, sizeof two);
+    static const uint8_t resume[] = {
+        0x04, 20, 0, 3, 25,
+        0, 0, 3, 0, 0, 2, 3, 0x02, 0, 1, 3, 0x01, 0, 0, 3, 0x10, 4, 3,
+        0, 2, 3, 0x12, 4, 7, 5, 30, 4, 7};
+    s_seed("gap", "resume-from-seq", -1, resume, sizeof resume);
+    static const uint8_t evict[] = {
+        0x08, 10, 0, 20,
+        4, 0, 0, 0, 3, 0x10, 0, 2, 3, 0x12, 0, 0, 3, 0x10, 6, 3, 0, 0,
+        3, 0x00, 4, 3, 5, 40, 4, 7};
+    s_seed("gap", "eviction-reported", -1, evict, sizeof evict);
+    static const uint8_t hostile[] = {
+        0x01, 10, 0, 20, 0, 1, 3, 5, 1, 2, 3, 4, 9, 8, 7, 6, 5, 4, 3, 2, 1,
+        0x85, 2, 1, 3, 7, 7, 7, 0x40, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 5, 9};
+    s_seed("gap", "hostile", -1, hostile, sizeof hostile);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -432,6 +475,7 @@ main(int argc, char **argv)
     s_snapshot();
     s_config();
     s_store();
+    s_gap();
     printf("wrote %d seeds under %s\n", s_count, s_root);
     return 0;
 }

@@ -35,8 +35,10 @@ fi
 run_one() {
     local name=$1 dirs
     mkdir -p "$out/corpus-$name"
-    dirs=("$out/corpus-$name" "tests/fuzz/corpus/$name")
-    [ -d "tests/fuzz/regressions/$name" ] && dirs+=("tests/fuzz/regressions/$name")
+    dirs=("$out/corpus-$name")
+    for d in "tests/fuzz/corpus/$name" "tests/fuzz/regressions/$name"; do
+        if [ -d "$d" ]; then dirs+=("$d"); fi
+    done
     "$dir/fuzz/fuzz_$name" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$out/$name-" "${dirs[@]}" >"$out/$name.log" 2>&1
 }
@@ -60,7 +62,8 @@ for name in "${names[@]}"; do
     units=$(find "$out/corpus-$name" -type f | wc -l)
     printf '%-10s %14s %10s %8s  %s\n' "$name" "${execs:-?}" "${rate:-?}" "$units" "$result"
     if [ "$result" = FAILED ]; then
-        grep -E 'ERROR|SUMMARY|check failed|Test unit written' "$log" | head -20 | sed 's/^/    /'
+        { grep -E 'ERROR|SUMMARY|check failed|Test unit written|No such' "$log" || true; } |
+            head -20 | sed 's/^/    /'
     fi
 done
 exit $failed

@@ -22,6 +22,19 @@
 
 #define S_BODY (256 * 1024)
 
+/* The broker of the running test, stopped by the teardown if a failed
+ * assertion left it running (so no broker outlives a failed test). */
+static sbt_broker *s_running;
+
+static int
+s_teardown(void **state)
+{
+    if (s_running != NULL && s_running->pid > 0)
+        sbt_broker_stop(s_running, 10);
+    s_running = NULL;
+    return 0;
+}
+
 /* The value of one sample line ("name{labels} value"); fails if absent. */
 static double
 s_metric(const char *text, const char *sample)
@@ -58,7 +71,8 @@ typedef struct {
     uint64_t want;        /* stop once this many events arrived */
     uint8_t *seen;        /* by seq, [cap] */
     uint64_t cap;
-    uint64_t events, batches, dups, shutdown_batches;
+    atomic_uint_fast64_t events; /* read by the test's thread meanwhile */
+    uint64_t batches, dups, shutdown_batches;
     uint64_t by_size[S_NB + 1];
     atomic_int stop, ready;
 } sub_ctx;
@@ -110,7 +124,8 @@ s_wait_ready(sub_ctx *s)
 }
 
 typedef struct {
-    uint64_t ok, too_large, closed, other;
+    atomic_uint_fast64_t ok; /* read by the test's thread meanwhile */
+    uint64_t too_large, closed, other;
     uint8_t *acked; /* by seq */
     uint64_t cap;
 } ack_ctx;
@@ -140,7 +155,7 @@ test_metrics_count_what_happened(void **state)
     const char *args[] = {"--metrics", "127.0.0.1:0", "--queue", "16",
                           "--default-delay-ms", "0", "--max-batch-events", "10",
                           "--max-payload-bytes", "1000", NULL};
-    sbt_broker b;
+    static sbt_broker b; /* static: the teardown may still need it */
     sub_ctx s = {.want = N, .cap = N + M + 1};
     ack_ctx ac = {.cap = N + M + 1};
     pthread_t st;
@@ -148,6 +163,7 @@ test_metrics_count_what_happened(void **state)
     char small[1000], big[2000], agg[32];
 
     assert_int_equal(sbt_broker_start(&b, args), 0);
+    s_running = &b;
     assert_true(strncmp(b.metrics, "http://127.0.0.1:", 17) == 0);
     assert_int_equal(sbt_http_get(b.metrics, "/healthz", body, S_BODY, 5000), 200);
     assert_string_equal(body, "ok\n");
@@ -363,13 +379,14 @@ test_sigterm_during_burst_loses_no_acked_event(void **state)
     enum { CAP = 2000000 };
     const char *args[] = {"--metrics", "127.0.0.1:0", "--default-delay-ms", "100",
                           "--max-batch-events", "200", NULL};
-    sbt_broker b;
+    static sbt_broker b; /* static: the teardown may still need it */
     sub_ctx s = {.cap = CAP};
     burst_ctx c = {0};
     pthread_t st, pt;
     char *body = malloc(S_BODY);
 
     assert_int_equal(sbt_broker_start(&b, args), 0);
+    s_running = &b;
     s.endpoint = b.pub;
     s.seen = calloc(CAP, 1);
     pthread_create(&st, NULL, s_sub, &s);
@@ -394,23 +411,23 @@ test_sigterm_during_burst_loses_no_acked_event(void **state)
     atomic_store(&c.stop, 1);
     pthread_join(pt, NULL);
 
-    /* Everything acked was published before the exit; give the subscriber
-     * the time to read what is already in its socket. */
-    uint64_t acked = 0, missing = 0;
+    /* Everything acked was published before the exit: the subscriber reads
+     * what is already in its socket, then nothing more comes. */
+    uint64_t acked = 0, missing = 0, last = atomic_load(&s.events), idle = 0;
     deadline = sbt_now_ms() + 30000;
-    for (;;) {
-        acked = missing = 0;
-        for (uint64_t q = 1; q < CAP; q++)
-            if (c.ac.acked[q]) {
-                acked++;
-                missing += s.seen[q] == 0;
-            }
-        if (missing == 0 || sbt_now_ms() > deadline)
-            break;
+    while (idle < 1000 && sbt_now_ms() < deadline) {
         usleep(50000);
+        uint64_t now = atomic_load(&s.events);
+        idle = now == last ? idle + 50 : 0;
+        last = now;
     }
     atomic_store(&s.stop, 1);
     pthread_join(st, NULL);
+    for (uint64_t q = 1; q < CAP; q++)
+        if (c.ac.acked[q]) {
+            acked++;
+            missing += s.seen[q] == 0;
+        }
     assert_int_equal(acked, c.ac.ok);
     assert_int_equal(missing, 0);
     assert_int_equal(s.dups, 0);
@@ -437,8 +454,8 @@ test_sigterm_during_burst_loses_no_acked_event(void **state)
     assert_non_null(strstr(log, "event=broker.stopped "));
     printf("# SIGTERM after %llu acked: %llu acked in all, %llu published to the subscriber "
            "(%llu in shutdown batches), %llu refused shutting_down, exit 0 in %llu ms\n",
-           (unsigned long long) 20000, (unsigned long long) c.ac.ok,
-           (unsigned long long) s.events, (unsigned long long) s.shutdown_batches,
+           (unsigned long long) 20000, (unsigned long long) atomic_load(&c.ac.ok),
+           (unsigned long long) atomic_load(&s.events), (unsigned long long) s.shutdown_batches,
            (unsigned long long) c.ac.closed, (unsigned long long) stop_ms);
     free(s.seen);
     free(c.ac.acked);
@@ -449,8 +466,9 @@ int
 main(void)
 {
     const struct CMUnitTest t[] = {
-        cmocka_unit_test(test_metrics_count_what_happened),
-        cmocka_unit_test(test_sigterm_during_burst_loses_no_acked_event),
+        cmocka_unit_test_teardown(test_metrics_count_what_happened, s_teardown),
+        cmocka_unit_test_teardown(test_sigterm_during_burst_loses_no_acked_event,
+                                  s_teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }

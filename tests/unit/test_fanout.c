@@ -54,7 +54,8 @@ test_bounds_and_horizon(void **state)
     assert_int_equal(sb_ring_new(&r, 5, 1 << 20), SB_OK);
     s_fill(r, 8); /* ids 1..8, only 4..8 stay */
     assert_int_equal(sb_ring_count(r), 5);
-    assert_int_equal(sb_ring_bytes(r), 500);
+    /* Memory counted: the bytes and each batch's header. */
+    assert_int_equal(sb_ring_bytes(r), 5 * (sizeof(sb_blob) + 100));
     assert_int_equal(sb_ring_find(r, &q, out, &res), SB_OK);
     assert_int_equal(res.count, 5);
     assert_int_equal(out[0]->batch_id, 4);
@@ -73,8 +74,9 @@ test_bounds_and_horizon(void **state)
     s_release(out, res.count);
     sb_ring_destroy(&r);
 
-    /* By bytes: 350 bytes hold three 100-byte batches. */
-    assert_int_equal(sb_ring_new(&r, 100, 350), SB_OK);
+    /* By bytes: room for three 100-byte batches with their headers. */
+    assert_int_equal(sb_ring_new(&r, 100, 3 * (sizeof(sb_blob) + 100) + 50),
+                     SB_OK);
     s_fill(r, 6);
     assert_int_equal(sb_ring_count(r), 3);
     sb_ring_destroy(&r);
@@ -142,12 +144,36 @@ test_paging_prefix_range(void **state)
     sb_ring_destroy(&r);
 }
 
+/* low_seq per retained batch: what a fetch reply reports for its cursor
+ * (FetchReply.cursor_low_seq); 0 for a batch the ring does not hold. */
+static void
+test_low_seq_of_retained_batches(void **state)
+{
+    sb_ring *r;
+
+    assert_int_equal(sb_ring_new(&r, 3, 1 << 20), SB_OK);
+    assert_int_equal(sb_ring_low_seq(r, 1), 0); /* empty */
+    for (int i = 1; i <= 5; i++) {
+        sb_blob *b = s_blob((uint64_t) i, (uint64_t) i * 10,
+                            (uint64_t) i * 10 + 9, "a/b", 10);
+        b->low_seq = (uint64_t) i * 10 - 5; /* an older batch still open */
+        sb_ring_add(r, b);
+        sb_blob_unref(b);
+    }
+    assert_int_equal(sb_ring_low_seq(r, 2), 0); /* evicted */
+    assert_int_equal(sb_ring_low_seq(r, 3), 25);
+    assert_int_equal(sb_ring_low_seq(r, 5), 45);
+    assert_int_equal(sb_ring_low_seq(r, 6), 0); /* not published yet */
+    sb_ring_destroy(&r);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest t[] = {
         cmocka_unit_test(test_bounds_and_horizon),
         cmocka_unit_test(test_paging_prefix_range),
+        cmocka_unit_test(test_low_seq_of_retained_batches),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }

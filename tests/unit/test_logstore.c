@@ -40,7 +40,16 @@ typedef struct {
     uint64_t next_seq;
     uint64_t agg_seq[8];
     faults fx;
+    sb_sync_policy sync;       /* for s_start; 0 = always */
+    _Atomic uint64_t fake_now; /* ms, when use_fake_clock */
+    int use_fake_clock;
 } fx_t;
+
+static uint64_t
+s_fake_now(void *ctx)
+{
+    return atomic_load((_Atomic uint64_t *) ctx);
+}
 
 static int
 s_fault(sb_os_op op, size_t *len, void *ctx)
@@ -141,10 +150,13 @@ s_start(fx_t *f, const uint64_t *rebatch, size_t nrebatch)
     sb_logstore_args a = {.store = store,
                           .rebatch = rebatch,
                           .nrebatch = nrebatch,
-                          .sync = SB_SYNC_ALWAYS,
+                          .sync = f->sync,
                           .sync_interval_ms = 10,
                           .max_held = 2 * Q + 8,
-                          .clock = sb_clock_system(),
+                          .clock = f->use_fake_clock
+                                       ? (sb_clock){s_fake_now,
+                                                    (void *) &f->fake_now}
+                                       : sb_clock_system(),
                           .in = f->in,
                           .out = f->out,
                           .batch_in = f->bin,
@@ -407,6 +419,52 @@ test_rebatched_events_go_first(void **state)
     assert_int_equal(atomic_load(&sb_logstore_stats_get(f->ls)->rebatched), 6);
 }
 
+static void
+test_interval_acks_on_the_tick(void **state)
+{
+    fx_t *f = *state;
+
+    f->sync = SB_SYNC_INTERVAL;
+    f->use_fake_clock = 1;
+    atomic_store(&f->fake_now, 1000);
+    s_start(f, NULL, 0);
+    sb_logstore_stats *st = sb_logstore_stats_get(f->ls);
+    for (int i = 0; i < 5; i++)
+        s_send(f->in, SB_ITEM_REQ, s_req(f, 2, 0, SB_ACK_DURABLE, i + 1));
+    /* Written and passed on at once... */
+    for (int i = 0; i < 5; i++) {
+        sb_item it = s_recv(f->out);
+        sb_req_unref(it.ptr);
+    }
+    /* ...but acked only on the tick: the clock has not moved. */
+    s_no_item(f->rep, 200);
+    assert_int_equal(atomic_load(&st->fsyncs), 0);
+    atomic_store(&f->fake_now, 1010);
+    for (int i = 0; i < 5; i++) {
+        sb_item it = s_recv(f->rep);
+        assert_int_equal(((sb_reply *) it.ptr)->request_id, (uint64_t) i + 1);
+        free(it.ptr);
+    }
+    assert_int_equal(atomic_load(&st->fsyncs), 1);
+    assert_int_equal(atomic_load(&st->events_synced), 10);
+}
+
+static void
+test_sync_none_acks_after_the_write(void **state)
+{
+    fx_t *f = *state;
+
+    f->sync = SB_SYNC_NONE;
+    s_start(f, NULL, 0);
+    s_send(f->in, SB_ITEM_REQ, s_req(f, 3, 1, SB_ACK_DURABLE, 7));
+    sb_item it = s_recv(f->out);
+    sb_req_unref(it.ptr);
+    it = s_recv(f->rep);
+    assert_int_equal(((sb_reply *) it.ptr)->request_id, 7);
+    free(it.ptr);
+    assert_int_equal(atomic_load(&sb_logstore_stats_get(f->ls)->fsyncs), 0);
+}
+
 int
 main(void)
 {
@@ -422,6 +480,10 @@ main(void)
             teardown),
         cmocka_unit_test_setup_teardown(test_rebatched_events_go_first, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_interval_acks_on_the_tick, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sync_none_acks_after_the_write,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }

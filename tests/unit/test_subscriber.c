@@ -490,6 +490,36 @@ test_gap_out_of_retention_names_the_aggregate(void **state)
     fb_free(f);
 }
 
+/* The probe's own cursor was evicted before it looked: each aggregate
+ * reports what it lost, by name: a known one from its chain, one first
+ * seen afterwards because its predecessor is below the eviction horizon
+ * (not a blanket report that would also name batches received live). */
+static void
+test_probe_cursor_evicted_reports_each_aggregate(void **state)
+{
+    fb *f = fb_new(0, SB_LOSS_FAIL);
+    got g = {0};
+    sb_loss l;
+
+    fb_recv_all(f, &g);
+    fb_live(f, fb_publish(f, "a", 1)); /* id 1, seen */
+    fb_recv_all(f, &g);
+    for (int i = 0; i < 6; i++)         /* ids 2-7: b a b a b a, dropped */
+        (void)fb_publish(f, i % 2 ? "a" : "b", 1);
+    fb_evict(f, 4);                     /* ids 1-4 gone (seqs 1-4) */
+    f->now += 500;                      /* idle probe */
+    fb_recv_all(f, &g);
+    long want[] = {1, -1, 5, -1, 6, 7}; /* a's loss, a5, b's loss, b6, a7 */
+    assert_int_equal(g.n, 6);
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(g.v[i], want[i]);
+    assert_int_equal(sbc_sub_loss(f->sub, &l), SB_OK);
+    assert_string_equal(l.aggregate, "b"); /* the last one reported */
+    assert_int_equal(l.to_seq, 4);
+    assert_int_equal(fb_stats(f).lost, 2);
+    fb_free(f);
+}
+
 /* The broker restarted without its history: a typed notice, then every
  * batch of the new epoch from its first seq. */
 static void
@@ -606,6 +636,7 @@ main(void)
         cmocka_unit_test(test_resume_out_of_retention_is_reported_then_carries_on),
         cmocka_unit_test(test_stop_policy_is_sticky),
         cmocka_unit_test(test_gap_out_of_retention_names_the_aggregate),
+        cmocka_unit_test(test_probe_cursor_evicted_reports_each_aggregate),
         cmocka_unit_test(test_restart_new_epoch_starts_over),
         cmocka_unit_test(test_position_covers_batch_open_across_it),
         cmocka_unit_test(test_mass_gap_filled_in_few_fetches),

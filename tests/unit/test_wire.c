@@ -313,6 +313,25 @@ test_encode_batch_matches_protobuf_c(void **state)
     /* protobuf-c packs the same message to the same length. */
     assert_int_equal(snapbus__snapshot_batch__get_packed_size(m), len);
     snapbus__snapshot_batch__free_unpacked(m, NULL);
+
+    /* The header (what a headers_only fetch sends) is a prefix that is a
+     * whole SnapshotBatch: every field but the events, has_source_pos
+     * included; and the headroom is zeroed for the caller's fields. */
+    size_t hl = sb_wire_batch_header_len(buf + 16, len);
+    assert_true(hl > 0 && hl < len);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(buf[i], 0);
+    m = snapbus__snapshot_batch__unpack(NULL, hl, buf + 16);
+    assert_non_null(m);
+    assert_int_equal(m->n_events, 0);
+    assert_string_equal(m->aggregate, "e3/1");
+    assert_int_equal(m->batch_id, 9);
+    assert_int_equal(m->first_seq, 100);
+    assert_int_equal(m->last_seq, 102);
+    assert_int_equal(m->prev_last_seq, 50);
+    assert_true(m->has_source_pos);
+    snapbus__snapshot_batch__free_unpacked(m, NULL);
+    assert_int_equal(sb_wire_batch_header_len(buf + 16, hl), hl);
     free(buf);
     sb_batch_destroy(&b);
     sb_req_unref(req);

@@ -251,6 +251,10 @@ struct sbc_sub {
     uint64_t epoch;
     uint64_t C, WC, L;
     uint64_t max_seq;   /* highest last_seq queued: restart decision */
+    /* Seqs below this may have been in batches evicted before a probe
+     * looked at them (0: none). An aggregate first seen after that, whose
+     * predecessor is below it, is reported as maybe lost. */
+    uint64_t evicted_below;
     uint64_t position;  /* what the application may save */
     uint64_t next_probe_ms;
     uint64_t last_live_ms;
@@ -471,12 +475,12 @@ s_accept_fetched(sbc_sub *s, sb_snapshot *b)
         if (prev > e->last_seq) /* its predecessors are gone */
             s_lost(s, agg, e->last_seq + 1, prev, 0,
                    sb_snapshot_batch_id(b) - 1, 0);
-    } else if (s->resume && prev != 0 && prev >= s->R_eff) {
+    } else if (prev != 0 && prev >= s_floor(s) &&
+               ((s->resume && prev >= s->R_eff) || prev < s->evicted_below)) {
         /* A wanted predecessor that neither the catch-up nor a probe
-         * found: it is gone. */
-        s_lost(s, agg, s->R_eff, prev, 0, sb_snapshot_batch_id(b) - 1, 0);
+         * found (resume), or that may have been evicted unseen: gone. */
+        s_lost(s, agg, s_floor(s), prev, 0, sb_snapshot_batch_id(b) - 1, 0);
     }
-    s->st.filled++;
     s_deliver(s, b, 1);
 }
 
@@ -558,9 +562,11 @@ s_live(sbc_sub *s, sb_snapshot *b, int stage)
         return;
     }
     /* Checked through bid - 1 and still unknown: live, the predecessor is
-     * at or before C0 (not wanted); resume, a wanted one is gone. */
-    if (s->resume)
-        s_lost(s, agg, s->R_eff, prev, 0, bid - 1, 0);
+     * at or before C0 (not wanted) unless it may have been evicted before
+     * a probe saw it; resume, a wanted one is gone. */
+    if (s->resume || (prev >= s_floor(s) && prev < s->evicted_below))
+        s_lost(s, agg, s->resume ? s->R_eff : s_floor(s), prev, 0, bid - 1,
+               0);
     s_deliver(s, b, 0);
 }
 
@@ -703,15 +709,21 @@ s_step_catchup(sbc_sub *s, uint64_t deadline)
     sbc_fetch_req q = {s->subs[j->sub].prefix, s->subs[j->sub].exact,
                        s->R_eff, 0, j->c, SBC_PAGE, 0};
     if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
-        if (j->c == 0) {
+        if (j->c == 0 && info.retained_first_seq > s->R_eff) {
             /* Seqs from R_eff up to where retention starts are gone. */
             s_lost(s, NULL, s->R_eff, info.retained_first_seq - 1, 0, 0,
                    info.retained_first_seq);
             s->R_eff = info.retained_first_seq;
-        } else {
+        } else if (j->c != 0 && info.retained_first_batch_id > j->c + 1) {
             s_lost(s, NULL, s->R_eff, info.retained_first_seq - 1, j->c + 1,
                    info.retained_first_batch_id - 1, info.retained_first_seq);
             j->c = info.retained_first_batch_id - 1;
+        } else {
+            /* A refusal that names no later start: asking again would
+             * repeat it. Report and end this walk; probes go on. */
+            s_lost(s, NULL, s->R_eff, s->R_eff, j->c + 1, 0,
+                   info.retained_first_seq);
+            s_sub_done(s, j->c, 0);
         }
         return SB_OK;
     }
@@ -751,10 +763,17 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
     if (j->in_run) {
         const s_subn *sn = &s->subs[j->sub];
         uint32_t left = j->run_end - j->run_pos;
-        sbc_fetch_req q = {sn->prefix, sn->exact, 0, 0, j->run_after, left, 0};
+        /* from_seq 1 matches every batch; it only makes a fetch from
+         * cursor 0 check the broker's horizon (section 9.3), so an
+         * eviction there is refused rather than skipped. */
+        sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->run_after, left, 0};
         if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
-            /* Evicted since the header page came: those are lost. */
+            /* Evicted since the header page came: those are lost. (A
+             * refusal that names no later start would repeat forever:
+             * then the whole rest of the run is given up as lost.) */
             uint64_t rf = info.retained_first_batch_id;
+            if (rf <= j->run_after + 1)
+                rf = UINT64_MAX;
             while (j->run_pos < j->run_end &&
                    sb_snapshot_batch_id(j->hdr[j->run_pos]) < rf) {
                 sb_snapshot *h = j->hdr[j->run_pos++];
@@ -768,8 +787,9 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
                                  sb_snapshot_batch_id(h)) == NULL)
                     sbc_sleep_ms(10);
             }
-            j->run_after = rf - 1;
             j->in_run = j->run_pos < j->run_end;
+            if (j->in_run)
+                j->run_after = rf - 1;
             return SB_OK;
         }
         if (rc != SB_OK)
@@ -837,16 +857,25 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
         return SB_OK;
     }
     const s_subn *sn = &s->subs[j->sub];
-    sbc_fetch_req q = {sn->prefix, sn->exact, 0, 0, j->c, SBC_PAGE, 1};
+    sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->c, SBC_PAGE, 1};
     if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
-        /* Batches after our cursor were evicted before anyone checked
-         * them: what they held is lost, whichever aggregates they were. */
+        /* Batches after our cursor were evicted before this probe looked
+         * at them. Not reported as such: some were received live. Each
+         * known aggregate's chain will show exactly what it lost; an
+         * aggregate first seen later whose predecessor is below the
+         * horizon is reported then (evicted_below). */
         uint64_t rf = info.retained_first_batch_id;
-        s_lost(s, NULL, s->WC ? s->WC : s_floor(s),
-               info.retained_first_seq ? info.retained_first_seq - 1 : 0,
-               j->c + 1, rf - 1, info.retained_first_seq);
-        if (info.retained_first_seq > s->R_eff)
-            s->R_eff = info.retained_first_seq;
+        if (info.retained_first_seq > s->evicted_below)
+            s->evicted_below = info.retained_first_seq;
+        if (rf <= j->c + 1) {
+            s_lost(s, NULL, s->WC ? s->WC : s_floor(s),
+                   info.retained_first_seq ? info.retained_first_seq - 1 : 0,
+                   j->c + 1, 0, info.retained_first_seq);
+            /* No later start to go on from: end this walk here rather
+             * than ask the same again; the next probe tries anew. */
+            s_sub_done(s, j->c, 0);
+            return SB_OK;
+        }
         if (rf - 1 > s->C)
             s->C = rf - 1;
         j->c = rf - 1;
@@ -899,6 +928,7 @@ s_pop(sbc_sub *s, sb_snapshot **out, sb_err *ret)
         switch (it.kind) {
         case IT_BATCH:
             s->st.batches++;
+            s->st.filled += it.filled != 0;
             *out = it.b;
             *ret = SB_OK;
             return 1;
