@@ -388,7 +388,14 @@ test_burst_stopped_live_and_late_subscribers_lose_nothing(void **state)
         assert_int_equal(sl->restarts, 0);
         assert_int_equal(sl->errors, 0);
     }
-    assert_true(hwm_kb > 0 && (uint64_t)hwm_kb < bound_kb);
+    assert_true(hwm_kb > 0);
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer keeps freed memory in quarantine and adds shadow
+     * memory, so its RSS says nothing about the broker's own bound; the
+     * release build checks the bound. */
+#else
+    assert_true((uint64_t)hwm_kb < bound_kb);
+#endif
 
     /* A figure, not an assertion: a fourth subscriber, alone, reads the
      * whole history back (resume from seq 1: retention, then the log). */
