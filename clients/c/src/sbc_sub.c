@@ -779,6 +779,10 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
                 sb_snapshot *h = j->hdr[j->run_pos++];
                 const char *agg = sb_snapshot_aggregate(h);
                 s_ent *e = s_map_get(&s->map, agg);
+                /* Already past it (a broker whose run differed from its
+                 * headers): the chain must never move back. */
+                if (e != NULL && sb_snapshot_last_seq(h) <= e->last_seq)
+                    continue;
                 uint64_t from = e ? e->last_seq + 1 : sb_snapshot_first_seq(h);
                 s_lost(s, agg, from, sb_snapshot_last_seq(h),
                        sb_snapshot_batch_id(h), sb_snapshot_batch_id(h),
