@@ -40,6 +40,8 @@ static const s_key s_keys[] = {
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
     U32("limits", "max_name_bytes", limits.max_name_bytes, 1, 255, "longest aggregate/type/id, bytes"),
+    U32("shard", "count", limits.shard_count, 1, 65536, "brokers the aggregates are spread over (docs/SCALING.md)"),
+    U32("shard", "index", limits.shard_index, 0, 65535, "this broker's shard, 0..count-1"),
     U32("batching", "default_delay_ms", router.default_delay_ms, 0, 86400000, "delay of aggregates no rule names, ms; 0 = at once"),
     U32("batching", "max_batch_events", router.max_batch_events, 1, 10000000, "a batch closes at this many events"),
     U32("batching", "max_batch_bytes", router.max_batch_bytes, 64, 256u << 20, "a batch closes at this size, bytes"),
@@ -380,6 +382,11 @@ sb_config_check(const sb_config *c, char *why, size_t n)
         return SB_EINVAL;
     if (sb_store_config_check(&c->storage, why, n) != SB_OK)
         return SB_EINVAL;
+    if (c->limits.shard_index >= c->limits.shard_count) {
+        snprintf(why, n, "shard.index (%u) must be below shard.count (%u)",
+                 c->limits.shard_index, c->limits.shard_count);
+        return SB_EINVAL;
+    }
     if (c->limits.max_payload_bytes > c->limits.max_message_bytes) {
         snprintf(why, n, "limits.max_payload_bytes (%u) is larger than limits.max_message_bytes (%u)",
                  c->limits.max_payload_bytes, c->limits.max_message_bytes);

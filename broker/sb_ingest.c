@@ -32,7 +32,7 @@ struct sb_ingest {
 static void
 s_count_refusal(sb_ingest *in, sb_werr e)
 {
-    if ((unsigned) e < 10)
+    if ((unsigned) e < SB_WERR_COUNT)
         atomic_fetch_add(&in->st.refused_by[e], 1);
     /* Every refusal is counted, but logged at most once a second: a flood
      * of bad input must not become a flood of log lines. */

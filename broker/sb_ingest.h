@@ -30,7 +30,7 @@ typedef struct {
     atomic_uint_fast64_t replies_lost;  /* peer gone or not reading */
     atomic_uint_fast64_t hellos;
     atomic_uint_fast64_t parked;        /* times the sequencer link was full */
-    atomic_uint_fast64_t refused_by[10];/* by sb_werr */
+    atomic_uint_fast64_t refused_by[SB_WERR_COUNT];/* by sb_werr */
 } sb_ingest_stats;
 
 typedef struct {

@@ -105,10 +105,11 @@ s_label_value(s_buf *b, const char *v)
 /* ---- families --------------------------------------------------------- */
 
 /* Indexed by the wire ErrorCode, as sb_ingest_stats.refused_by is. */
-static const char *const s_reasons[10] = {
+static const char *const s_reasons[SB_WERR_COUNT] = {
     "none",         "invalid",     "too_large",     "unauthorized",
     "duplicate",    "storage_full", "shutting_down", "unsupported",
-    "bad_version",  "out_of_retention"};
+    "bad_version",  "out_of_retention", "beyond_dedup_horizon",
+    "wrong_shard"};
 
 /* Indexed by sb_close_reason. */
 static const char *const s_close[5] = {"delay", "immediate", "max_events",

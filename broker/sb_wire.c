@@ -12,6 +12,8 @@ sb_limits_defaults(sb_limits *l)
     l->max_events_per_request = 8192;
     l->max_payload_bytes = 1u << 20;
     l->max_name_bytes = 255;
+    l->shard_index = 0;
+    l->shard_count = 1;
 }
 
 sb_werr
@@ -27,6 +29,7 @@ sb_wire_err_of(sb_err e)
     case SB_ENOTSUP: return SB_WERR_UNSUPPORTED;
     case SB_EPROTO: return SB_WERR_BAD_VERSION;
     case SB_ENOENT: return SB_WERR_OUT_OF_RETENTION;
+    case SB_EWRONGSHARD: return SB_WERR_WRONG_SHARD;
     default: return SB_WERR_INVALID;
     }
 }
@@ -241,6 +244,15 @@ s_event_fill(sb_event *ev, const uint8_t *p, size_t n, uint8_t **data,
         s_check_name(ev, ev->producer_id, ev->producer_id_len, lim, 0);
     if (ev->payload_len > lim->max_payload_bytes)
         s_set_status(ev, SB_ETOOBIG);
+    if (lim->shard_count > 1 && ev->status == SB_OK) {
+        /* Two brokers taking one aggregate would split its order in two:
+         * a misrouted event is refused, never sequenced here. */
+        uint32_t shard;
+        if (sb_shard_of(ev->agg, ev->agg_len, lim->shard_count, &shard) ==
+                SB_OK &&
+            shard != lim->shard_index)
+            s_set_status(ev, SB_EWRONGSHARD);
+    }
 }
 
 static void
@@ -630,6 +642,8 @@ sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
     hr.last_batch_id = h->last_batch_id;
     hr.epoch = h->epoch;
     hr.low_seq = low_seq;
+    hr.shard_index = h->limits.shard_index;
+    hr.shard_count = h->limits.shard_count;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.body_case = SNAPBUS__REPLY__BODY_HELLO;

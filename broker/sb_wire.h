@@ -28,8 +28,10 @@ typedef enum {
     SB_WERR_SHUTTING_DOWN = 6,
     SB_WERR_UNSUPPORTED = 7,
     SB_WERR_BAD_VERSION = 8,
-    SB_WERR_OUT_OF_RETENTION = 9
+    SB_WERR_OUT_OF_RETENTION = 9,
+    SB_WERR_WRONG_SHARD = 11
 } sb_werr;
+#define SB_WERR_COUNT 12 /* sizes tables indexed by sb_werr */
 
 sb_werr sb_wire_err_of(sb_err e);
 
@@ -38,6 +40,10 @@ typedef struct {
     uint32_t max_events_per_request;
     uint32_t max_payload_bytes;
     uint32_t max_name_bytes;
+    /* This broker owns the aggregates sb_shard_of() maps to shard_index
+     * of shard_count; count 1: all of them. */
+    uint32_t shard_index;
+    uint32_t shard_count;
 } sb_limits;
 
 void sb_limits_defaults(sb_limits *l);

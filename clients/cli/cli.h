@@ -21,6 +21,7 @@ int cli_bench(int argc, char **argv);
 /* Reads the on-disk log itself (cli_log.c), through the broker's reader. */
 int cli_log(int argc, char **argv);
 int cli_stat(int argc, char **argv);
+int cli_shard(int argc, char **argv);
 /* Replay files (docs/REPLAY.md): cli_replay.c, cli_record.c. */
 int cli_replay(int argc, char **argv);
 int cli_record(int argc, char **argv);

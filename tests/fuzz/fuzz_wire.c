@@ -95,6 +95,12 @@ s_check_accepted(const sb_event *ev, const sb_limits *lim)
     FUZZ_CHECK(ev->payload_len <= lim->max_payload_bytes);
     FUZZ_CHECK(ev->payload_len == 0 || ev->payload != NULL);
     FUZZ_CHECK(ev->has_source_pos <= 1);
+    if (lim->shard_count > 1) {
+        uint32_t shard;
+        FUZZ_CHECK(sb_shard_of(ev->agg, ev->agg_len, lim->shard_count,
+                               &shard) == SB_OK &&
+                   shard == lim->shard_index);
+    }
 }
 
 static int
@@ -207,7 +213,8 @@ s_publish(sb_wire_request *w, const sb_limits *lim)
             s_check_accepted(ev, lim);
             ok++;
         } else {
-            FUZZ_CHECK(ev->status == SB_EINVAL || ev->status == SB_ETOOBIG);
+            FUZZ_CHECK(ev->status == SB_EINVAL || ev->status == SB_ETOOBIG ||
+                       (ev->status == SB_EWRONGSHARD && lim->shard_count > 1));
         }
     }
     FUZZ_CHECK(ok == req->naccepted);
@@ -286,8 +293,9 @@ s_one(const uint8_t *data, size_t size, const sb_limits *lim)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    sb_limits def, small = {256, 3, 8, 4},
-                   none = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX};
+    /* `small` is also shard 1 of 3, so misrouted events are refused. */
+    sb_limits def, small = {256, 3, 8, 4, 1, 3},
+                   none = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 0, 1};
 
     sb_limits_defaults(&def);
     s_one(data, size, &def);

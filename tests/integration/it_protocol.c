@@ -7,11 +7,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
 #include "harness.h"
+#include "snapbus.h"
 #include "snapbus.pb-c.h"
 
 static sbt_broker broker;
@@ -181,6 +183,66 @@ test_per_event_errors(void **state)
     s_close(c);
 }
 
+/* A broker that is shard 2 of 4 takes only the aggregates sb_shard_of
+ * gives it, refuses the others one by one, and says which shard it is. */
+static void
+test_wrong_shard(void **state)
+{
+    static const char *const extra[] = {"--set", "shard.count=4", "--set",
+                                        "shard.index=2", NULL};
+    enum { N = 64 };
+    sbt_broker b;
+    Snapbus__Event e[N], *ev[N];
+    char names[N][16];
+    uint32_t shard[N];
+    int mine = 0;
+
+    (void) state;
+    assert_int_equal(sbt_broker_start(&b, extra), 0);
+    conn *c = s_connect(b.ingest, ZMQ_DEALER);
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    r.version = 1;
+    r.request_id = 1;
+    r.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    r.hello = &h;
+    s_send_req(c, &r);
+    Snapbus__Reply *rep = s_recv_reply(c, NULL);
+    assert_int_equal(rep->hello->shard_index, 2);
+    assert_int_equal(rep->hello->shard_count, 4);
+    snapbus__reply__free_unpacked(rep, NULL);
+
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "sh/%d", i);
+        s_ev(&e[i], names[i]);
+        ev[i] = &e[i];
+        assert_int_equal(sb_shard_of(names[i], strlen(names[i]), 4, &shard[i]),
+                         SB_OK);
+        mine += shard[i] == 2;
+    }
+    assert_true(mine > 0 && mine < N);
+    rep = s_publish(c, 1, 1, ev, N);
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    assert_int_equal(rep->publish->n_results, N);
+    uint64_t next = 0;
+    for (int i = 0; i < N; i++) {
+        Snapbus__EventResult *res = rep->publish->results[i];
+        if (shard[i] != 2) {
+            assert_int_equal(res->error, SNAPBUS__ERROR_CODE__ERR_WRONG_SHARD);
+            assert_int_equal(res->seq, 0);
+            continue;
+        }
+        /* Owned events are sequenced gap-free, as if alone. */
+        assert_int_equal(res->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+        assert_true(next == 0 || res->seq == next);
+        next = res->seq + 1;
+    }
+    assert_int_equal(next - 1, (uint64_t) mine);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+    assert_int_equal(sbt_broker_stop(&b, 30), 0);
+}
+
 static void
 test_req_peer_and_frames(void **state)
 {
@@ -341,6 +403,7 @@ main(void)
         cmocka_unit_test(test_hello_and_versions),
         cmocka_unit_test(test_per_event_errors),
         cmocka_unit_test(test_req_peer_and_frames),
+        cmocka_unit_test(test_wrong_shard),
         cmocka_unit_test(test_fetch),
     };
     return cmocka_run_group_tests(t, setup, teardown);

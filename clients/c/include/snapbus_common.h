@@ -3,6 +3,9 @@
 #ifndef SNAPBUS_COMMON_H
 #define SNAPBUS_COMMON_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -24,10 +27,18 @@ typedef enum {
     SB_ENOTSUP,  /* well formed but not served (ERR_UNSUPPORTED) */
     SB_ENOENT,   /* not found; out of retention (ERR_OUT_OF_RETENTION) */
     SB_ETIMEDOUT,
-    SB_ERESTART  /* the broker restarted (new epoch): see SUBSCRIBING.md */
+    SB_ERESTART, /* the broker restarted (new epoch): see SUBSCRIBING.md */
+    SB_EWRONGSHARD /* the aggregate belongs to another shard (ERR_WRONG_SHARD) */
 } sb_err;
 
 SB_EXPORT const char *sb_strerror(sb_err e);
+
+/* The shard (0..nshards-1) that owns aggregate `name` when aggregates are
+ * spread over `nshards` brokers: publish its events to that broker only.
+ * The same function runs in every broker and client (docs/SCALING.md).
+ * SB_EINVAL if nshards is 0. */
+SB_EXPORT sb_err sb_shard_of(const char *name, size_t len, uint32_t nshards,
+                             uint32_t *shard);
 
 typedef enum {
     SB_ACK_NONE = 0,      /* fire-and-forget */

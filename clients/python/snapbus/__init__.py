@@ -12,13 +12,14 @@ from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .model import Ack, AckLevel, Batch, CloseReason, Event, SubscriberState
 from .publisher import Publisher, Receipt
+from .shard import shard_of
 from .subscriber import AsyncSubscriber, Subscriber
 
 PROTOCOL_VERSION = 1
 
 __all__ = ["pb", "Ack", "AckLevel", "Batch", "CloseReason", "Event", "SubscriberState",
            "Publisher", "Receipt", "Subscriber", "AsyncSubscriber", "PROTOCOL_VERSION",
-           "curve_keypair"] + list(_errors_all)
+           "curve_keypair", "shard_of"] + list(_errors_all)
 
 
 def curve_keypair():

@@ -13,6 +13,7 @@ client-side conditions (try again, timeout, protocol violation, data lost).
     │   ├── BadVersionError         ERR_BAD_VERSION      (8)
     │   ├── OutOfRetentionError     ERR_OUT_OF_RETENTION (9)
     │   │   └── DataLostError       a subscriber could not fill a gap
+    │   ├── WrongShardError         ERR_WRONG_SHARD      (11) see snapbus.shard_of
     │   └── UnknownBrokerError      a code this client does not know
     ├── TryAgain                    a non-blocking call would have to wait
     ├── AckTimeout                  no reply in time: the outcome is unknown
@@ -27,7 +28,8 @@ an otherwise accepted publish was (``EventResult.error``).
 __all__ = [
     "SnapbusError", "BrokerError", "InvalidError", "TooLargeError", "UnauthorizedError",
     "DuplicateError", "StorageFullError", "ShuttingDownError", "UnsupportedError",
-    "BadVersionError", "OutOfRetentionError", "DataLostError", "UnknownBrokerError",
+    "BadVersionError", "OutOfRetentionError", "DataLostError", "WrongShardError",
+    "UnknownBrokerError",
     "TryAgain", "AckTimeout", "ProtocolError", "BrokerRestarted", "error_for",
 ]
 
@@ -114,13 +116,19 @@ class DataLostError(OutOfRetentionError):
         self.losses = list(losses)
 
 
+class WrongShardError(BrokerError):
+    """The event's aggregate belongs to another broker: aggregates are
+    spread over several (docs/SCALING.md); pick it with ``shard_of``."""
+    code, name = 11, "ERR_WRONG_SHARD"
+
+
 class UnknownBrokerError(BrokerError):
     name = "ERR_UNKNOWN"
 
 
 _BY_CODE = {c.code: c for c in (InvalidError, TooLargeError, UnauthorizedError, DuplicateError,
                                  StorageFullError, ShuttingDownError, UnsupportedError,
-                                 BadVersionError, OutOfRetentionError)}
+                                 BadVersionError, OutOfRetentionError, WrongShardError)}
 
 
 def error_for(code, detail="", scope="request", request_id=0, **extra):
