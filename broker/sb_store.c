@@ -36,6 +36,7 @@
 #include "sb_log.h"
 #include "sb_map.h"
 #include "sb_os.h"
+#include "sb_varint.h"
 
 #define S_SEG_MAGIC "SBLOGSEG"
 #define S_IDX_MAGIC "SBLOGIDX"
@@ -89,50 +90,20 @@ s_get64(const uint8_t *p)
     return (uint64_t)s_get32(p) | (uint64_t)s_get32(p + 4) << 32;
 }
 
-static size_t
-s_vsize(uint64_t v)
-{
-    size_t n = 1;
-
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *
-s_put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-/* 0 on success; -1 on a truncated or over-long varint. */
+/* 0 on success; -1 on a truncated or over-long varint. Our own files
+ * never hold bits past the 64th: such a record is damage. */
 static int
 s_get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 {
-    const uint8_t *p = *pp;
-    uint64_t x = 0;
+    const uint8_t *start = *pp;
 
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (p >= end)
-            return -1;
-        uint8_t b = *p++;
-        if (shift == 63 && b > 1)
-            return -1;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if ((b & 0x80) == 0) {
-            *pp = p;
-            *v = x;
-            return 0;
-        }
+    if (sb_varint_get(pp, end, v) != 0)
+        return -1;
+    if (*pp - start == 10 && start[9] > 1) {
+        *pp = start;
+        return -1;
     }
-    return -1;
+    return 0;
 }
 
 /* ---- configuration ------------------------------------------------------ */
@@ -192,12 +163,12 @@ sb_store_config_check(const sb_store_config *cfg, char *why, size_t n)
 size_t
 sb_store_event_size(const sb_event *ev)
 {
-    return SB_STORE_REC_HDR + S_EV_FIXED + s_vsize(ev->agg_seq) +
-           (ev->has_source_pos ? s_vsize(ev->source_pos) : 0) +
-           (ev->caused_by ? s_vsize(ev->caused_by) : 0) +
-           (ev->producer_seq ? s_vsize(ev->producer_seq) : 0) +
-           (ev->client_ts_ms ? s_vsize(ev->client_ts_ms) : 0) +
-           s_vsize(ev->payload_len) + (size_t)ev->agg_len + ev->type_len +
+    return SB_STORE_REC_HDR + S_EV_FIXED + sb_varint_len(ev->agg_seq) +
+           (ev->has_source_pos ? sb_varint_len(ev->source_pos) : 0) +
+           (ev->caused_by ? sb_varint_len(ev->caused_by) : 0) +
+           (ev->producer_seq ? sb_varint_len(ev->producer_seq) : 0) +
+           (ev->client_ts_ms ? sb_varint_len(ev->client_ts_ms) : 0) +
+           sb_varint_len(ev->payload_len) + (size_t)ev->agg_len + ev->type_len +
            ev->event_id_len + ev->producer_id_len + ev->payload_len;
 }
 
@@ -208,7 +179,7 @@ sb_store_batch_size(const sb_batch *b)
     uint64_t prev = 0;
 
     for (uint32_t i = 0; i < b->n; i++) {
-        n += s_vsize(b->ev[i]->seq - prev);
+        n += sb_varint_len(b->ev[i]->seq - prev);
         prev = b->ev[i]->seq;
     }
     return n;
@@ -259,16 +230,16 @@ sb_store_encode_event(uint8_t *buf, const sb_event *ev)
     b[2] = (uint8_t)ev->type_len;
     b[3] = (uint8_t)ev->event_id_len;
     b[4] = (uint8_t)ev->producer_id_len;
-    p = s_put_varint(b + S_EV_FIXED, ev->agg_seq);
+    p = sb_varint_put(b + S_EV_FIXED, ev->agg_seq);
     if (ev->has_source_pos)
-        p = s_put_varint(p, ev->source_pos);
+        p = sb_varint_put(p, ev->source_pos);
     if (ev->caused_by)
-        p = s_put_varint(p, ev->caused_by);
+        p = sb_varint_put(p, ev->caused_by);
     if (ev->producer_seq)
-        p = s_put_varint(p, ev->producer_seq);
+        p = sb_varint_put(p, ev->producer_seq);
     if (ev->client_ts_ms)
-        p = s_put_varint(p, ev->client_ts_ms);
-    p = s_put_varint(p, ev->payload_len);
+        p = sb_varint_put(p, ev->client_ts_ms);
+    p = sb_varint_put(p, ev->payload_len);
     p = s_put_bytes(p, ev->agg, ev->agg_len);
     p = s_put_bytes(p, ev->type, ev->type_len);
     p = s_put_bytes(p, ev->event_id, ev->event_id_len);
@@ -297,7 +268,7 @@ sb_store_encode_batch(uint8_t *buf, const sb_batch *b)
     /* The first seq as is, then gaps: a batch's seqs are ascending and
      * usually close together, so most take one byte. */
     for (uint32_t i = 0; i < b->n; i++) {
-        p = s_put_varint(p, b->ev[i]->seq - prev);
+        p = sb_varint_put(p, b->ev[i]->seq - prev);
         prev = b->ev[i]->seq;
     }
     s_seal_header(buf, SB_REC_BATCH, b->id, (size_t)(p - q));
@@ -1669,9 +1640,9 @@ s_ckpt_agg(void *v, void *ctx)
     *p++ = (uint8_t)a->len;
     memcpy(p, a->name, a->len);
     p += a->len;
-    p = s_put_varint(p, a->agg_seq);
-    p = s_put_varint(p, a->topic_last_seq);
-    p = s_put_varint(p, a->source_pos);
+    p = sb_varint_put(p, a->agg_seq);
+    p = sb_varint_put(p, a->topic_last_seq);
+    p = sb_varint_put(p, a->source_pos);
     *p++ = a->has_source_pos;
     *pp = p;
 }
@@ -1707,7 +1678,7 @@ s_encode_ckpt(sb_store *s, uint8_t **out, size_t *outlen)
     s_put64(buf + 56, naggs);
     p = buf + 64;
     for (size_t i = 0; i < nub; i++) {
-        p = s_put_varint(p, ub[i] - prev);
+        p = sb_varint_put(p, ub[i] - prev);
         prev = ub[i];
     }
     free(ub);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_varint.h"
 #include "snapbus.pb-c.h"
 
 void
@@ -46,19 +47,7 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 static int
 s_varint(s_rd *r, uint64_t *v)
 {
-    uint64_t x = 0;
-
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (r->p >= r->end)
-            return -1;
-        uint8_t b = *r->p++;
-        x |= (uint64_t) (b & 0x7f) << shift;
-        if ((b & 0x80) == 0) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1; /* more than 10 bytes */
+    return sb_varint_get(&r->p, r->end, v);
 }
 
 /* One field: its number, wire type, and either a value or a slice. */
@@ -402,39 +391,17 @@ sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
 
 /* ---- protobuf writing -------------------------------------------------- */
 
-static size_t
-s_vsize(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *
-s_put_varint(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t) (v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t) v;
-    return p;
-}
-
 /* Field numbers here are all < 16, so every tag is one byte. */
 static size_t
 s_uint_size(uint64_t v)
 {
-    return v ? 1 + s_vsize(v) : 0;
+    return v ? 1 + sb_varint_len(v) : 0;
 }
 
 static size_t
 s_len_size(size_t n)
 {
-    return n ? 1 + s_vsize(n) + n : 0;
+    return n ? 1 + sb_varint_len(n) + n : 0;
 }
 
 static uint8_t *
@@ -443,7 +410,7 @@ s_put_uint(uint8_t *p, uint32_t num, uint64_t v)
     if (v == 0)
         return p;
     *p++ = (uint8_t) (num << 3 | WT_VARINT);
-    return s_put_varint(p, v);
+    return sb_varint_put(p, v);
 }
 
 static uint8_t *
@@ -452,7 +419,7 @@ s_put_bytes(uint8_t *p, uint32_t num, const void *s, size_t n)
     if (n == 0)
         return p;
     *p++ = (uint8_t) (num << 3 | WT_LEN);
-    p = s_put_varint(p, n);
+    p = sb_varint_put(p, n);
     memcpy(p, s, n);
     return p + n;
 }
@@ -493,7 +460,7 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
          s_uint_size(b->close_reason) + s_uint_size(b->has_source_pos);
     for (uint32_t i = 0; i < b->n; i++) {
         size_t e = s_sev_size(b, b->ev[i]);
-        n += 1 + s_vsize(e) + e;
+        n += 1 + sb_varint_len(e) + e;
     }
 
     uint8_t *buf = malloc(hdr + n), *p;
@@ -518,7 +485,7 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
     for (uint32_t i = 0; i < b->n; i++) {
         const sb_event *ev = b->ev[i];
         *p++ = (uint8_t) (11 << 3 | WT_LEN);
-        p = s_put_varint(p, s_sev_size(b, ev));
+        p = sb_varint_put(p, s_sev_size(b, ev));
         p = s_put_uint(p, 1, ev->seq);
         p = s_put_uint(p, 2, ev->agg_seq);
         if (s_foreign(b, ev))

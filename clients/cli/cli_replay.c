@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "cli_rec.h"
+#include "sb_varint.h"
 #include "snapbus.h"
 
 /* ---- the file format -------------------------------------------------- */
@@ -24,45 +25,23 @@
 enum { WT_VARINT = 0, WT_LEN = 2 };
 
 static size_t
-s_vlen(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *
-s_vput(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-static size_t
 s_str_size(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
-    return n ? 1 + s_vlen(n) + n : 0;
+    return n ? 1 + sb_varint_len(n) + n : 0;
 }
 
 static size_t
 s_uint_size(uint64_t v)
 {
-    return v ? 1 + s_vlen(v) : 0;
+    return v ? 1 + sb_varint_len(v) : 0;
 }
 
 size_t
 cli_rec_size(const sb_pub_event *ev)
 {
     return s_str_size(ev->aggregate) + s_str_size(ev->type) +
-           (ev->payload_len ? 1 + s_vlen(ev->payload_len) + ev->payload_len
+           (ev->payload_len ? 1 + sb_varint_len(ev->payload_len) + ev->payload_len
                             : 0) +
            s_str_size(ev->event_id) +
            s_uint_size(ev->has_source_pos ? ev->source_pos : 0) +
@@ -77,7 +56,7 @@ s_put_bytes(uint8_t *p, unsigned num, const void *s, size_t n)
     if (n == 0)
         return p;
     *p++ = (uint8_t)(num << 3 | WT_LEN);
-    p = s_vput(p, n);
+    p = sb_varint_put(p, n);
     memcpy(p, s, n);
     return p + n;
 }
@@ -94,7 +73,7 @@ s_put_uint(uint8_t *p, unsigned num, uint64_t v)
     if (v == 0)
         return p;
     *p++ = (uint8_t)(num << 3 | WT_VARINT);
-    return s_vput(p, v);
+    return sb_varint_put(p, v);
 }
 
 int
@@ -128,24 +107,6 @@ cli_rec_write(FILE *f, const sb_pub_event *ev)
     if (buf != stackbuf)
         free(buf);
     return rc;
-}
-
-static int
-s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        if (*p == end)
-            return -1;
-        uint8_t b = *(*p)++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1;
 }
 
 /* Copies a string field into r->text (NUL-terminated). */
@@ -183,11 +144,11 @@ s_decode(cli_rec *r, size_t len, const char **why)
     memset(ev, 0, sizeof *ev);
     while (p < end) {
         uint64_t key, v;
-        if (s_varint(&p, end, &key) != 0)
+        if (sb_varint_get(&p, end, &key) != 0)
             goto bad;
         unsigned num = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
         if (wt == WT_VARINT) {
-            if (s_varint(&p, end, &v) != 0)
+            if (sb_varint_get(&p, end, &v) != 0)
                 goto bad;
             switch (num) {
             case 5: ev->source_pos = v; break;
@@ -199,7 +160,7 @@ s_decode(cli_rec *r, size_t len, const char **why)
             }
             continue;
         }
-        if (wt != WT_LEN || s_varint(&p, end, &v) != 0 ||
+        if (wt != WT_LEN || sb_varint_get(&p, end, &v) != 0 ||
             v > (uint64_t)(end - p))
             goto bad;
         const uint8_t *s = p;

@@ -574,7 +574,7 @@ s_seal(sb_publisher *p)
     size_t pub_len = p->len + ack_len;
     uint64_t id = p->next_id;
     size_t hdr =
-        2 + 1 + sbc_varint_len(id) + 1 + sbc_varint_len(pub_len) + ack_len;
+        2 + 1 + sb_varint_len(id) + 1 + sb_varint_len(pub_len) + ack_len;
 
     assert(p->nev > 0 && !p->parked && hdr <= SBC_HEADROOM);
     uint8_t *start = p->buf + SBC_HEADROOM - hdr;
@@ -582,9 +582,9 @@ s_seal(sb_publisher *p)
     *w++ = TAG(1, TAG_VARINT);
     *w++ = SB_PROTOCOL_VERSION;
     *w++ = TAG(2, TAG_VARINT);
-    w = sbc_varint_put(w, id);
+    w = sb_varint_put(w, id);
     *w++ = TAG(4, TAG_LEN);
-    w = sbc_varint_put(w, pub_len);
+    w = sb_varint_put(w, pub_len);
     if (ack) {
         *w++ = TAG(1, TAG_VARINT);
         *w++ = ack;
@@ -686,13 +686,13 @@ typedef struct {
 static size_t
 s_len_field(size_t n)
 {
-    return n ? 1 + sbc_varint_len(n) + n : 0;
+    return n ? 1 + sb_varint_len(n) + n : 0;
 }
 
 static size_t
 s_varint_field(uint64_t v)
 {
-    return v ? 1 + sbc_varint_len(v) : 0;
+    return v ? 1 + sb_varint_len(v) : 0;
 }
 
 static sb_err
@@ -717,7 +717,7 @@ s_measure(const sb_pub_event *ev, s_sizes *z)
               s_varint_field(ev->client_ts_ms);
     if (z->body > SBC_MAX_ENCODED)
         return SB_ETOOBIG;
-    z->item = 1 + sbc_varint_len(z->body) + z->body;
+    z->item = 1 + sb_varint_len(z->body) + z->body;
     return SB_OK;
 }
 
@@ -734,7 +734,7 @@ s_put_bytes(uint8_t *w, int field, const void *b, size_t n)
     if (n == 0)
         return w;
     *w++ = TAG(field, TAG_LEN);
-    w = sbc_varint_put(w, n);
+    w = sb_varint_put(w, n);
     memcpy(w, b, n);
     return w + n;
 }
@@ -745,7 +745,7 @@ s_put_varint(uint8_t *w, int field, uint64_t v)
     if (v == 0)
         return w;
     *w++ = TAG(field, TAG_VARINT);
-    return sbc_varint_put(w, v);
+    return sb_varint_put(w, v);
 }
 
 static sb_err
@@ -770,7 +770,7 @@ s_append(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z)
     }
     uint8_t *w = p->buf + SBC_HEADROOM + p->len;
     *w++ = TAG(2, TAG_LEN); /* Publish.events */
-    w = sbc_varint_put(w, z->body);
+    w = sb_varint_put(w, z->body);
     w = s_put_bytes(w, 1, ev->aggregate, z->agg);
     w = s_put_bytes(w, 2, ev->type, z->type);
     w = s_put_bytes(w, 3, ev->payload, ev->payload_len);

@@ -58,19 +58,7 @@ typedef struct {
 static int
 s_varint(s_rd *r, uint64_t *v)
 {
-    uint64_t x = 0;
-
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        if (r->p == r->end)
-            return -1;
-        uint8_t b = *r->p++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 0;
-        }
-    }
-    return -1; /* more than 10 bytes */
+    return sb_varint_get(&r->p, r->end, v);
 }
 
 /* Reads a field's key. */

@@ -11,6 +11,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "sb_varint.h"
 #include "snapbus.h"
 
 /* ---- Arena ----------------------------------------------------------
@@ -54,30 +55,6 @@ void sbc_sleep_ms(int ms);
 /* ErrorCode (proto) to sb_err; an unknown code is SB_EPROTO. */
 sb_err sbc_err_from_wire(int code);
 
-/* Bytes a varint takes on the wire. */
-static inline size_t
-sbc_varint_len(uint64_t v)
-{
-    size_t n = 1;
-
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-/* Writes v as a varint at p; returns the byte after it. */
-static inline uint8_t *
-sbc_varint_put(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
 
 /* Duplicates a string, NULL for NULL; used for endpoints in opts so that
  * no object keeps a pointer to caller memory. */
