@@ -19,9 +19,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "sb_auth.h"
 #include "sb_clock.h"
 #include "sb_config.h"
 #include "sb_ingest.h"
+#include "sb_keys.h"
 #include "sb_link.h"
 #include "sb_log.h"
 #include "sb_logstore.h"
@@ -179,6 +181,8 @@ main(int argc, char **argv)
     sb_store *store = NULL;
     sb_store_recovery rec = {0};
     sb_logstore *logstore = NULL;
+    sb_auth *auth = NULL;
+    char secret[SB_KEY_Z85_LEN + 1] = "";
     sb_clock clock = sb_clock_system();
     int status = 1;
 
@@ -208,7 +212,28 @@ main(int argc, char **argv)
         fprintf(stderr, "snapbusd: configuration: %s\n", why);
         return 2;
     }
+    /* Key files are part of the configuration: a bad one is refused here,
+     * by --check-config too, before anything is bound. */
+    if (cfg.secret_key_file[0] != '\0') {
+        const char *lists[] = {cfg.publisher_keys, cfg.subscriber_keys,
+                               cfg.query_keys};
+        if (sb_key_read_file(cfg.secret_key_file, secret, why, sizeof why) != SB_OK) {
+            fprintf(stderr, "snapbusd: configuration: security.secret_key_file: %s\n", why);
+            return 2;
+        }
+        for (size_t i = 0; i < 3; i++) {
+            sb_keyset *ks = NULL;
+            if (lists[i][0] != '\0' &&
+                sb_keyset_load(&ks, lists[i], why, sizeof why) != SB_OK) {
+                fprintf(stderr, "snapbusd: configuration: allowlist %s\n", why);
+                explicit_bzero(secret, sizeof secret);
+                return 2;
+            }
+            sb_keyset_destroy(&ks);
+        }
+    }
     if (check) {
+        explicit_bzero(secret, sizeof secret);
         printf("configuration ok\n");
         return 0;
     }
@@ -233,6 +258,7 @@ main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGUSR1); /* [debug] hold: release */
     sigaddset(&sigs, SIGUSR2); /* [debug] hold: hold again */
+    sigaddset(&sigs, SIGHUP);  /* reread the allowlists */
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -262,6 +288,21 @@ main(int argc, char **argv)
     }
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
         goto out;
+    /* The ZAP handler before any CURVE socket: libzmq admits every CURVE
+     * client while none is bound. */
+    if (secret[0] != '\0') {
+        sb_auth_args aa = {ctx, {cfg.publisher_keys, cfg.subscriber_keys,
+                                 cfg.query_keys}};
+        if (sb_auth_new(&auth, &aa, why, sizeof why) != SB_OK) {
+            SB_LOG(SB_LOG_ERR, "auth.start", "why=\"%s\"", why);
+            goto out;
+        }
+    } else if (sb_config_exposed(&cfg)) {
+        SB_LOG(SB_LOG_WARN, "security.insecure",
+               "ingest=%s pub=%s query=%s why=\"no CURVE: anyone who can reach "
+               "these addresses may publish and read (security.insecure = 1)\"",
+               cfg.ingest, cfg.pub, cfg.query);
+    }
     /* Fault injection (tests): this link's consumer sees nothing until
      * SIGUSR1, so backpressure builds as behind a stalled stage. */
     sb_link *held = NULL;
@@ -284,7 +325,8 @@ main(int argc, char **argv)
                             cfg.fetch_max_batches, cfg.fetch_max_bytes,
                             cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
                             epoch, l.to_publisher, l.pub_replies,
-                            cfg.storage.dir, rec.last_seq, rec.last_batch_id};
+                            cfg.storage.dir, rec.last_seq, rec.last_batch_id,
+                            secret[0] != '\0' ? secret : NULL};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
@@ -308,8 +350,21 @@ main(int argc, char **argv)
     if (sb_logstore_new(&logstore, &la) != SB_OK)
         goto out;
     atomic_store(&sb_logstore_stats_get(logstore)->torn_truncations, rec.torn);
+    /* The de-duplication index is rebuilt from the log before any publish
+     * is read, so a restart forgets no original it can still answer for. */
+    sb_dedup *dedup = NULL;
+    sb_dedup_stats *dedup_stats = NULL;
+    if (sb_dedup_new(&dedup, &cfg.dedup) != SB_OK ||
+        sb_dedup_rebuild(dedup, cfg.storage.dir, rec.last_seq,
+                         sb_clock_now(&clock)) != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "broker.dedup", "dir=%s why=\"rebuild failed\"",
+               cfg.storage.dir);
+        sb_dedup_destroy(&dedup);
+        goto out;
+    }
+    dedup_stats = sb_dedup_stats_get(dedup);
     sb_sequencer_actor_args sa = {rec.last_seq + 1, l.to_seq, l.seq_replies,
-                                  l.to_log, s_restore_seq, &rec};
+                                  l.to_log, s_restore_seq, &rec, dedup, clock};
     if (sb_sequencer_actor_new(&seq, &sa) != SB_OK)
         goto out;
     sb_fanout_stats *ps = sb_fanout_stats_get(pub);
@@ -317,9 +372,11 @@ main(int argc, char **argv)
                          "snapbusd " SB_VERSION, epoch, l.to_seq, l.seq_replies,
                          l.pub_replies, sb_sequencer_actor_last_seq_ref(seq),
                          &ps->last_batch_id, l.log_replies,
-                         sb_logstore_full_flag(logstore)};
+                         sb_logstore_full_flag(logstore), pa.curve_secret};
     if (sb_ingest_new(&ingest, &ia) != SB_OK)
         goto out;
+    /* Every socket holds its own copy now. */
+    explicit_bzero(secret, sizeof secret);
 
     if (metrics != NULL) {
         sb_metrics_sources ms = {
@@ -328,7 +385,9 @@ main(int argc, char **argv)
             .links = {l.to_seq, l.seq_replies, l.to_router, l.to_timelock,
                       l.dues, l.to_publisher, l.pub_replies, l.to_log,
                       l.log_batches, l.log_replies},
-            .nlinks = 10, .log = sb_logstore_stats_get(logstore)};
+            .nlinks = 10, .log = sb_logstore_stats_get(logstore),
+            .auth = auth != NULL ? sb_auth_stats_get(auth) : NULL,
+            .dedup = dedup_stats};
         sb_metrics_attach(metrics, &ms);
     }
     if (cfg.ready_file[0] != '\0' &&
@@ -341,14 +400,22 @@ main(int argc, char **argv)
     }
     sb_metrics_set_state(metrics, SB_METRICS_READY);
     SB_LOG(SB_LOG_NOTICE, "broker.started",
-           "version=%s ingest=%s pub=%s query=%s data_dir=%s queue=%u hwm=%u",
+           "version=%s ingest=%s pub=%s query=%s data_dir=%s queue=%u hwm=%u "
+           "curve=%s",
            SB_VERSION, sb_ingest_endpoint(ingest), sb_fanout_pub_endpoint(pub),
-           sb_fanout_query_endpoint(pub), cfg.data_dir, cfg.queue, cfg.hwm);
+           sb_fanout_query_endpoint(pub), cfg.data_dir, cfg.queue, cfg.hwm,
+           auth != NULL ? "on" : "off");
 
     int sig = 0;
     while (sig != SIGTERM && sig != SIGINT) {
         if (sigwait(&sigs, &sig) != 0)
             break;
+        if (sig == SIGHUP) {
+            if (auth != NULL)
+                sb_auth_reload(auth); /* the outcome is logged by auth.* */
+            else
+                SB_LOG(SB_LOG_NOTICE, "auth.reload_ignored", "why=\"no CURVE configured\"");
+        }
         if ((sig == SIGUSR1 || sig == SIGUSR2) && held != NULL) {
             sb_link_set_hold(held, sig == SIGUSR2);
             SB_LOG(SB_LOG_WARN, "broker.hold", "link=%s held=%d", cfg.debug_hold,
@@ -380,6 +447,8 @@ out:
     sb_router_actor_destroy(&router);
     sb_timelock_actor_destroy(&tl);
     sb_fanout_destroy(&pub);
+    sb_auth_destroy(&auth); /* after every CURVE socket is closed */
+    explicit_bzero(secret, sizeof secret);
     s_links_destroy(&l);
     if (ctx != NULL)
         zmq_ctx_term(ctx);

@@ -59,6 +59,17 @@ static const s_key s_keys[] = {
     U64("storage", "retain_bytes", storage.retain_bytes, 0, 1ull << 50, "log bytes kept, whole oldest segments deleted past it; 0 = no bound"),
     U64("storage", "retain_age_s", storage.retain_age_s, 0, 1ull << 40, "log segments older than this are deleted, s; 0 = no bound"),
     U32("storage", "index_every", storage.index_every, 64, 1u << 30, "bytes between sparse index entries of a log segment"),
+    STR("security", "secret_key_file", secret_key_file, "the broker's CURVE secret key (snapbus keygen); empty = no CURVE, loopback only"),
+    STR("security", "publisher_keys", publisher_keys, "allowlist of publishers' public keys, one Z85 key a line; reread on SIGHUP"),
+    STR("security", "subscriber_keys", subscriber_keys, "allowlist of subscribers' public keys (they may also fetch); reread on SIGHUP"),
+    STR("security", "query_keys", query_keys, "allowlist of keys that may only fetch; empty = subscribers only; reread on SIGHUP"),
+    U32("security", "insecure", insecure, 0, 1, "1: without CURVE, still bind beyond loopback (plaintext, anyone may connect); flag --insecure"),
+    U32("dedup", "producers", dedup.producers, 0, 10000000, "producers the de-duplication index remembers, least recently used evicted first; 0 = no de-duplication by producer"),
+    U32("dedup", "producer_window", dedup.producer_window, 1, 100000000, "producer seqs remembered per producer: an older one is refused ERR_BEYOND_DEDUP_HORIZON"),
+    U32("dedup", "tombstones", dedup.tombstones, 0, 100000000, "evicted producers remembered by their highest producer seq"),
+    U32("dedup", "event_ids", dedup.event_ids, 0, 100000000, "event ids the de-duplication index remembers, oldest out first; 0 = no de-duplication by event id"),
+    U32("dedup", "event_id_age_s", dedup.event_id_age_s, 0, 100000000, "event ids are forgotten after this long, s; 0 = only the count bounds them"),
+    U64("dedup", "rebuild_events", dedup.rebuild_events, 0, 1ull << 50, "at start the index is rebuilt from at most this many of the log's last events; 0 = the whole log"),
     STR("debug", "hold", debug_hold, "test only: this link (e.g. logstore->router) starts held, as if its consumer stalled; SIGUSR1 releases it, SIGUSR2 holds it again; empty = off"),
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
@@ -82,6 +93,7 @@ sb_config_defaults(sb_config *c)
     c->fetch_max_bytes = 4u << 20;
     c->fetch_max_scan = 200000;
     sb_store_config_defaults(&c->storage);
+    sb_dedup_config_defaults(&c->dedup);
 }
 
 static sb_err
@@ -256,6 +268,11 @@ sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n)
         char name[128];
         if (strncmp(e, "SNAPBUS_", 8) != 0 || eq == NULL)
             continue;
+        /* The clients' key variables (docs/SECURITY.md) may share an
+         * environment with the broker. */
+        if (strncmp(e, "SNAPBUS_SERVER_KEY=", 19) == 0 ||
+            strncmp(e, "SNAPBUS_CLIENT_KEY=", 19) == 0)
+            continue;
         size_t len = (size_t) (eq - e) - 8;
         if (len >= sizeof name)
             continue;
@@ -295,6 +312,10 @@ sb_config_load_args(sb_config *c, int argc, char *const *argv, char *why,
         if (strcmp(a, "--check-config") == 0 || strcmp(a, "--help") == 0 ||
             strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0)
             continue;
+        if (strcmp(a, "--insecure") == 0) { /* a switch: no value */
+            c->insecure = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) {
             snprintf(why, n, "unexpected argument \"%s\" (see --help)", a);
             return SB_EINVAL;
@@ -368,9 +389,68 @@ sb_config_file_arg(int argc, char *const *argv)
     return NULL;
 }
 
+/* Loopback (or not TCP at all: ipc and inproc stay on this host). An
+ * interface name other than lo, a host name or a wildcard may reach the
+ * network. */
+static int
+s_local_endpoint(const char *ep)
+{
+    static const char *const local[] = {"tcp://127.", "tcp://[::1]:",
+                                        "tcp://localhost:", "tcp://lo:",
+                                        "ipc://", "inproc://"};
+
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++)
+        if (strncmp(ep, local[i], strlen(local[i])) == 0)
+            return 1;
+    return 0;
+}
+
+static sb_err
+s_check_security(const sb_config *c, char *why, size_t n)
+{
+    const char *const eps[3][2] = {{"ingest", c->ingest}, {"pub", c->pub},
+                                   {"query", c->query}};
+
+    if (c->secret_key_file[0] != '\0') {
+        if (c->publisher_keys[0] == '\0' || c->subscriber_keys[0] == '\0') {
+            snprintf(why, n, "security.secret_key_file is set, so "
+                     "security.publisher_keys and security.subscriber_keys "
+                     "must name allowlist files too (an empty file admits nobody)");
+            return SB_EINVAL;
+        }
+        return SB_OK;
+    }
+    if (c->publisher_keys[0] != '\0' || c->subscriber_keys[0] != '\0' ||
+        c->query_keys[0] != '\0') {
+        snprintf(why, n, "allowlists are set but security.secret_key_file is "
+                 "not: without the broker's key there is no CURVE to check them");
+        return SB_EINVAL;
+    }
+    for (int i = 0; i < 3 && !c->insecure; i++)
+        if (!s_local_endpoint(eps[i][1]))
+            return s_refuse(why, n, "broker", eps[i][0], eps[i][1],
+                            "binds beyond loopback without CURVE: set "
+                            "security.secret_key_file and the allowlists "
+                            "(docs/SECURITY.md), or accept plaintext with "
+                            "--insecure (security.insecure = 1)");
+    return SB_OK;
+}
+
+/* 1 when the broker runs without CURVE on an address beyond loopback
+ * (allowed by security.insecure): main warns at start. */
+int
+sb_config_exposed(const sb_config *c)
+{
+    return c->secret_key_file[0] == '\0' &&
+           (!s_local_endpoint(c->ingest) || !s_local_endpoint(c->pub) ||
+            !s_local_endpoint(c->query));
+}
+
 sb_err
 sb_config_check(const sb_config *c, char *why, size_t n)
 {
+    if (s_check_security(c, why, n) != SB_OK)
+        return SB_EINVAL;
     if (c->metrics[0] != '\0') {
         char host[64], reason[160];
         uint16_t port;
@@ -381,6 +461,8 @@ sb_config_check(const sb_config *c, char *why, size_t n)
     if (sb_router_config_check(&c->router, why, n) != SB_OK)
         return SB_EINVAL;
     if (sb_store_config_check(&c->storage, why, n) != SB_OK)
+        return SB_EINVAL;
+    if (sb_dedup_config_check(&c->dedup, why, n) != SB_OK)
         return SB_EINVAL;
     if (c->limits.shard_index >= c->limits.shard_count) {
         snprintf(why, n, "shard.index (%u) must be below shard.count (%u)",
@@ -412,6 +494,8 @@ sb_config_usage(FILE *out)
             "  --check-config       check the configuration and exit (0: valid)\n"
             "  --delay PATTERN=MS   delay for aggregates matching PATTERN (exact name\n"
             "                       or fnmatch glob); repeatable; [delays] in the file\n"
+            "  --insecure           allow plaintext beyond loopback (no value;\n"
+            "                       security.insecure = 1)\n"
             "  --help               this text\n"
             "  --version            print the version\n");
     for (size_t i = 0; i < S_NKEYS; i++) {
@@ -431,5 +515,6 @@ sb_config_usage(FILE *out)
         fprintf(out, "  %-24s %s (default %s)\n", k->key, k->help, def);
     }
     fprintf(out, "\nSignals: SIGTERM or SIGINT stop intake, flush every open batch to\n"
-                 "subscribers, send the pending acks and exit 0.\n");
+                 "subscribers, send the pending acks and exit 0. SIGHUP rereads the\n"
+                 "[security] allowlists (new connections use them).\n");
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "sb_dedup.h"
 #include "sb_err.h"
 #include "sb_router.h"
 #include "sb_store.h"
@@ -32,10 +33,17 @@ typedef struct {
     uint32_t fetch_max_bytes;
     uint32_t fetch_max_scan;
     sb_store_config storage; /* [storage]: the on-disk log */
+    sb_dedup_config dedup;   /* [dedup]: docs/PUBLISHING.md */
     /* [debug] hold: fault injection for tests. The named link (e.g.
      * "logstore->router") starts held: its consumer sees nothing until
      * SIGUSR1 releases it (SIGUSR2 holds it again). "" = off. */
     char debug_hold[32];
+    /* [security]: CURVE (docs/SECURITY.md). secret_key_file "" = off. */
+    char secret_key_file[512];
+    char publisher_keys[512];
+    char subscriber_keys[512];
+    char query_keys[512];
+    uint32_t insecure; /* 1: plaintext beyond loopback is allowed */
 } sb_config;
 
 void sb_config_defaults(sb_config *c);
@@ -54,6 +62,8 @@ sb_err sb_config_load_args(sb_config *c, int argc, char *const *argv,
                            char *why, size_t n);
 /* Whole-struct checks across keys. */
 sb_err sb_config_check(const sb_config *c, char *why, size_t n);
+/* 1: no CURVE and an endpoint beyond loopback (only with insecure = 1). */
+int sb_config_exposed(const sb_config *c);
 void sb_config_usage(FILE *out);
 /* The file given with --config in argv, or NULL. */
 const char *sb_config_file_arg(int argc, char *const *argv);

@@ -19,6 +19,7 @@ sb_strerror(sb_err e)
     case SB_ENOENT: return "not found";
     case SB_ETIMEDOUT: return "timed out";
     case SB_ERESTART: return "broker restarted";
+    case SB_EHORIZON: return "beyond the de-duplication horizon";
     case SB_EWRONGSHARD: return "aggregate of another shard";
     }
     return "unknown error";

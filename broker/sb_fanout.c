@@ -7,6 +7,7 @@
 #include <zmq.h>
 
 #include "sb_actor.h"
+#include "sb_auth.h"
 #include "sb_clock.h"
 #include "sb_log.h"
 #include "sb_logstore.h"
@@ -471,6 +472,11 @@ s_open(sb_fanout *p, void **sock, int type, const char *ep, char *bound)
     zmq_setsockopt(*sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (type == ZMQ_ROUTER)
         zmq_setsockopt(*sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    if (p->args.curve_secret != NULL &&
+        sb_auth_server_socket(*sock, p->args.curve_secret,
+                              type == ZMQ_PUB ? SB_ROLE_SUBSCRIBE
+                                              : SB_ROLE_QUERY) != SB_OK)
+        return SB_ESYS;
     return sb_zmq_bind(*sock, ep, bound, 256);
 }
 

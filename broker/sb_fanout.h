@@ -66,6 +66,9 @@ typedef struct {
     const char *log_dir;
     uint64_t prior_last_seq;
     uint64_t prior_last_batch_id;
+    /* The broker's CURVE secret key (Z85) for both sockets; NULL: no
+     * CURVE. Read only before sb_fanout_new returns. */
+    const char *curve_secret;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;

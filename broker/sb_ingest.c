@@ -6,6 +6,7 @@
 #include <zmq.h>
 
 #include "sb_actor.h"
+#include "sb_auth.h"
 #include "sb_clock.h"
 #include "sb_log.h"
 #include "sb_metrics.h"
@@ -170,8 +171,10 @@ s_publish(sb_ingest *in, const sb_zmq_env *env, sb_wire_request *w)
     }
     /* Fire-and-forget publishers hear only of refusals, and at once;
      * acked ones hear everything in one reply from downstream. */
-    if (req->naccepted == 0 || (refused > 0 && req->ack == SB_ACK_NONE))
+    if (req->naccepted == 0 || (refused > 0 && req->ack == SB_ACK_NONE)) {
         s_reply_now(in, req);
+        req->replied = 1;
+    }
     if (req->naccepted == 0) {
         sb_req_unref(req);
         return;
@@ -270,6 +273,13 @@ s_run(sb_actor *self, void *arg)
     zmq_setsockopt(in->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(in->sock, ZMQ_LINGER, &linger, sizeof linger);
     (void) zero;
+    if (in->args.curve_secret != NULL &&
+        sb_auth_server_socket(in->sock, in->args.curve_secret,
+                              SB_ROLE_PUBLISH) != SB_OK) {
+        zmq_close(in->sock);
+        sb_actor_ready(self, SB_ESYS);
+        return;
+    }
     if (sb_zmq_bind(in->sock, in->args.endpoint, in->endpoint,
                     sizeof in->endpoint) != SB_OK) {
         zmq_close(in->sock);

@@ -48,6 +48,9 @@ typedef struct {
     atomic_uint_fast64_t *last_batch_id;
     sb_link *log_replies;    /* log store → (durable acks); NULL: none */
     atomic_int *storage_full;/* set by the log store; NULL: never */
+    /* The broker's CURVE secret key (Z85); NULL: no CURVE. Read only
+     * while the socket is set up, before sb_ingest_new returns. */
+    const char *curve_secret;
 } sb_ingest_args;
 
 typedef struct sb_ingest sb_ingest;

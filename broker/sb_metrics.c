@@ -235,6 +235,51 @@ s_render_fanout(s_buf *b, const sb_fanout_stats *f)
 }
 
 static void
+s_render_dedup(s_buf *b, const sb_dedup_stats *d)
+{
+    s_head(b, "snapbus_dedup_duplicates_total", "counter",
+           "Events answered ERR_DUPLICATE with their original seq, by what "
+           "recognised them.");
+    s_put(b, "snapbus_dedup_duplicates_total{by=\"producer_seq\"} %llu\n",
+          (unsigned long long) S_LOAD(d->dup_producer));
+    s_put(b, "snapbus_dedup_duplicates_total{by=\"event_id\"} %llu\n",
+          (unsigned long long) S_LOAD(d->dup_event_id));
+    s_metric(b, "snapbus_dedup_beyond_horizon_total", "counter",
+             "Events refused ERR_BEYOND_DEDUP_HORIZON: a producer seq older "
+             "than the index remembers.",
+             S_LOAD(d->beyond));
+    s_head(b, "snapbus_dedup_evictions_total", "counter",
+           "Entries the bounded index let go: producer (LRU, leaves a "
+           "tombstone), tombstone, event_id (count bound), event_id_age.");
+    s_put(b, "snapbus_dedup_evictions_total{kind=\"producer\"} %llu\n",
+          (unsigned long long) S_LOAD(d->prod_evicted));
+    s_put(b, "snapbus_dedup_evictions_total{kind=\"tombstone\"} %llu\n",
+          (unsigned long long) S_LOAD(d->tomb_evicted));
+    s_put(b, "snapbus_dedup_evictions_total{kind=\"event_id\"} %llu\n",
+          (unsigned long long) S_LOAD(d->id_evicted));
+    s_put(b, "snapbus_dedup_evictions_total{kind=\"event_id_age\"} %llu\n",
+          (unsigned long long) S_LOAD(d->id_expired));
+    s_metric(b, "snapbus_dedup_unindexed_total", "counter",
+             "Events accepted but not indexed for lack of memory.",
+             S_LOAD(d->nomem));
+    s_metric(b, "snapbus_dedup_producers", "gauge",
+             "Producers in the de-duplication index.", S_LOAD(d->producers));
+    s_metric(b, "snapbus_dedup_tombstones", "gauge",
+             "Evicted producers still remembered by their highest seq.",
+             S_LOAD(d->tombs));
+    s_metric(b, "snapbus_dedup_event_ids", "gauge",
+             "Event ids in the de-duplication index.", S_LOAD(d->ids));
+    s_metric(b, "snapbus_dedup_memory_bytes", "gauge",
+             "Memory held by the de-duplication index, near enough.",
+             S_LOAD(d->mem_bytes));
+    s_metric(b, "snapbus_dedup_rebuild_events", "gauge",
+             "Events read from the log to rebuild the index at start.",
+             S_LOAD(d->rebuild_events));
+    s_metric(b, "snapbus_dedup_rebuild_milliseconds", "gauge",
+             "Time the rebuild at start took.", S_LOAD(d->rebuild_ms));
+}
+
+static void
 s_render_log(s_buf *b, const sb_logstore_stats *l)
 {
     s_metric(b, "snapbus_log_fsyncs_total", "counter",
@@ -282,6 +327,39 @@ s_render_log(s_buf *b, const sb_logstore_stats *l)
     s_metric(b, "snapbus_log_parked_total", "counter",
              "Times the log store waited for room on an output queue.",
              S_LOAD(l->parked));
+}
+
+static void
+s_render_auth(s_buf *b, const sb_auth_stats *a)
+{
+    s_head(b, "snapbus_auth_refused_total", "counter",
+           "Connections refused, by socket role and reason: key (not on the "
+           "role's allowlist) or handshake (no CURVE, a wrong server key).");
+    for (int r = 0; r < SB_ROLE_COUNT; r++) {
+        s_put(b, "snapbus_auth_refused_total{role=\"%s\",reason=\"key\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->refused_key[r]));
+        s_put(b, "snapbus_auth_refused_total{role=\"%s\",reason=\"handshake\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->refused_handshake[r]));
+    }
+    s_head(b, "snapbus_auth_admitted_total", "counter",
+           "Connections admitted by the allowlists, by socket role.");
+    for (int r = 0; r < SB_ROLE_COUNT; r++)
+        s_put(b, "snapbus_auth_admitted_total{role=\"%s\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->admitted[r]));
+    s_head(b, "snapbus_auth_keys", "gauge",
+           "Keys in each allowlist now (query: the query-only list).");
+    for (int r = 0; r < SB_ROLE_COUNT; r++)
+        s_put(b, "snapbus_auth_keys{role=\"%s\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->keys[r]));
+    s_metric(b, "snapbus_auth_reloads_total", "counter",
+             "Allowlist reloads applied (SIGHUP).", S_LOAD(a->reloads));
+    s_metric(b, "snapbus_auth_reload_failures_total", "counter",
+             "Reloads refused because a list was bad; the old lists stayed.",
+             S_LOAD(a->reload_failures));
 }
 
 /* One family per field, each with a sample per queue, as the format asks
@@ -351,6 +429,10 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
         s_render_fanout(b, src->fanout);
     if (src->log != NULL)
         s_render_log(b, src->log);
+    if (src->auth != NULL)
+        s_render_auth(b, src->auth);
+    if (src->dedup != NULL)
+        s_render_dedup(b, src->dedup);
     if (src->nlinks > 0)
         s_render_links(b, src->links, src->nlinks);
 }

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sb_auth.h"
+#include "sb_dedup.h"
 #include "sb_err.h"
 #include "sb_fanout.h"
 #include "sb_ingest.h"
@@ -49,8 +51,8 @@ typedef struct {
     sb_link *links[SB_METRICS_MAX_LINKS];
     size_t nlinks;
     const sb_logstore_stats *log; /* the on-disk log (docs/STORAGE.md) */
-    /* De-duplication (hits, table size) adds its stats pointer here when
-     * it lands, with a block in s_render_* of sb_metrics.c. */
+    const sb_auth_stats *auth;    /* CURVE (docs/SECURITY.md); NULL: off */
+    const sb_dedup_stats *dedup;  /* the sequencer's index (PUBLISHING.md) */
 } sb_metrics_sources;
 
 /* Renders every metric of src as Prometheus text into a malloc'd,

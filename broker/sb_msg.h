@@ -51,6 +51,8 @@ typedef struct sb_req {
     size_t mem_bytes;
     uint8_t ack;
     uint8_t delimiter; /* the request came behind an empty frame (REQ peer) */
+    uint8_t replied;   /* the ingest answered it at once (ACK_NONE refusal):
+                        * no later stage may answer it again */
     uint8_t peer_len;
     uint8_t peer[SB_PEER_MAX];
     sb_event ev[];

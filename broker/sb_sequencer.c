@@ -17,6 +17,7 @@ typedef struct {
 
 struct sb_sequencer {
     uint64_t next_seq;
+    sb_dedup *dedup; /* NULL: every valid event is new */
     sb_map *aggs;
     s_agg *cached; /* consecutive events are usually of one aggregate */
 };
@@ -53,6 +54,7 @@ sb_sequencer_destroy(sb_sequencer **sp)
         return;
     if (self->aggs != NULL)
         sb_map_each(self->aggs, s_free_agg, NULL);
+    sb_dedup_destroy(&self->dedup);
     sb_map_destroy(&self->aggs);
     free(self);
     *sp = NULL;
@@ -81,9 +83,25 @@ s_lookup(sb_sequencer *s, const char *name, uint32_t len)
     return a;
 }
 
+void
+sb_sequencer_set_dedup(sb_sequencer *s, sb_dedup **dp)
+{
+    sb_dedup_destroy(&s->dedup);
+    s->dedup = *dp;
+    *dp = NULL;
+}
+
 sb_err
 sb_sequencer_assign(sb_sequencer *s, sb_req *req)
 {
+    return sb_sequencer_assign_at(s, req, 0);
+}
+
+sb_err
+sb_sequencer_assign_at(sb_sequencer *s, sb_req *req, uint64_t now_ms)
+{
+    uint32_t gone = 0;
+
     /* Look every aggregate up first, so a failed allocation leaves no
      * seq given out: the numbering stays gap-free. */
     for (uint32_t i = 0; i < req->nevents; i++)
@@ -94,9 +112,34 @@ sb_sequencer_assign(sb_sequencer *s, sb_req *req)
         sb_event *ev = &req->ev[i];
         if (ev->status != SB_OK)
             continue;
+        if (s->dedup != NULL &&
+            (ev->producer_id_len > 0 || ev->event_id_len > 0)) {
+            sb_dedup_orig o = {0, 0};
+            sb_dedup_verdict v = sb_dedup_check(s->dedup, ev, now_ms, &o);
+            if (v == SB_DEDUP_DUPLICATE) {
+                ev->status = SB_EDUP;
+                ev->seq = o.seq;
+                ev->agg_seq = o.agg_seq;
+                gone++;
+                continue;
+            }
+            if (v == SB_DEDUP_BEYOND) {
+                ev->status = SB_EHORIZON;
+                gone++;
+                continue;
+            }
+        }
         s_agg *a = s_lookup(s, ev->agg, ev->agg_len);
         ev->seq = s->next_seq++;
         ev->agg_seq = ++a->last;
+        /* A failure here only loses the index entry (counted): the event
+         * is accepted either way, so the numbering stays gap-free. */
+        if (s->dedup != NULL)
+            (void) sb_dedup_record(s->dedup, ev, now_ms);
+    }
+    if (gone > 0) {
+        req->naccepted -= gone;
+        atomic_fetch_sub(&req->unpublished, gone);
     }
     return SB_OK;
 }
@@ -158,6 +201,30 @@ s_drop_slot(sb_item *slot)
     slot->kind = 0;
 }
 
+/* Whether the sequencer answers this request itself. Duplicates and
+ * horizon refusals are decided here, so a request they emptied has no
+ * event left to carry it to a later stage; see docs/PUBLISHING.md. */
+static int
+s_reply_here(const sb_req *req, uint32_t refused_here)
+{
+    switch (req->ack) {
+    case SB_ACK_SEQUENCED:
+        return 1;
+    case SB_ACK_PUBLISHED:
+        /* No event of its own left to publish: the fan-out would never
+         * see it. The originals' batch ids are not known here (0). */
+        return req->naccepted == 0;
+    case SB_ACK_NONE:
+        /* Fire-and-forget hears of refusals only, and at most once: not
+         * when the ingest already answered its invalid events. */
+        return refused_here > 0 && !req->replied;
+    default:
+        /* Durable: the log store answers after the sync that follows it,
+         * which covers every earlier seq, the originals' too. */
+        return 0;
+    }
+}
+
 static void
 s_handle(sb_sequencer_actor *a, sb_item *it)
 {
@@ -167,20 +234,35 @@ s_handle(sb_sequencer_actor *a, sb_item *it)
         return;
     }
     sb_req *req = it->ptr;
-    while (sb_sequencer_assign(a->core, req) != SB_OK) {
+    uint32_t before = req->naccepted;
+    uint64_t now = a->args.clock.now_ms(a->args.clock.ctx);
+    while (sb_sequencer_assign_at(a->core, req, now) != SB_OK) {
         /* Out of memory for a new aggregate: wait rather than lose it. */
         SB_LOG(SB_LOG_ERR, "sequencer.nomem", "request=%llu",
                (unsigned long long) req->request_id);
         poll(NULL, 0, 10);
     }
     atomic_store(&a->last_seq, sb_sequencer_last_seq(a->core));
-    if (req->ack == SB_ACK_SEQUENCED) {
+    uint32_t refused_here = 0;
+    if (req->naccepted != before)
+        for (uint32_t i = 0; i < req->nevents; i++)
+            refused_here += req->ev[i].status == SB_EHORIZON;
+    if (s_reply_here(req, refused_here)) {
         sb_reply *rp;
         while (sb_reply_from_req(&rp, req) != SB_OK)
             poll(NULL, 0, 10);
+        if (req->ack == SB_ACK_NONE)
+            /* As every fire-and-forget reply: accepted events show seq 0
+             * (PROTOCOL.md 5.5), whichever stage sends it. */
+            for (uint32_t i = 0; i < rp->n; i++)
+                if (rp->r[i].status == SB_OK)
+                    rp->r[i].seq = rp->r[i].agg_seq = 0;
         a->parked_reply = (sb_item){SB_ITEM_REPLY, rp};
     }
-    a->parked_fwd = *it;
+    if (req->naccepted == 0 && req->ack != SB_ACK_DURABLE)
+        sb_req_unref(req); /* nothing new in it: it ends here */
+    else
+        a->parked_fwd = *it;
 }
 
 static void
@@ -233,11 +315,22 @@ sb_sequencer_actor_new(sb_sequencer_actor **out,
     sb_sequencer_actor *a = calloc(1, sizeof *a);
     sb_err rc;
 
-    if (a == NULL)
+    if (a == NULL) {
+        sb_dedup *d = args->dedup;
+        sb_dedup_destroy(&d);
         return SB_ENOMEM;
+    }
     a->args = *args;
-    if ((rc = sb_sequencer_new(&a->core, args->next_seq)) != SB_OK)
+    a->args.dedup = NULL;
+    if (a->args.clock.now_ms == NULL)
+        a->args.clock = sb_clock_system();
+    sb_dedup *d = args->dedup;
+    if ((rc = sb_sequencer_new(&a->core, args->next_seq)) != SB_OK) {
+        sb_dedup_destroy(&d);
         goto fail;
+    }
+    if (d != NULL)
+        sb_sequencer_set_dedup(a->core, &d);
     if (args->restore != NULL &&
         (rc = args->restore(a->core, args->restore_ctx)) != SB_OK)
         goto fail;

@@ -12,6 +12,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "sb_clock.h"
+#include "sb_dedup.h"
 #include "sb_err.h"
 #include "sb_link.h"
 #include "sb_msg.h"
@@ -23,6 +25,15 @@ sb_err sb_sequencer_new(sb_sequencer **out, uint64_t next_seq);
 void sb_sequencer_destroy(sb_sequencer **sp);
 /* Assigns seq and agg_seq to every event whose status is SB_OK. */
 sb_err sb_sequencer_assign(sb_sequencer *s, sb_req *req);
+/* The same, first asking the de-duplication index (if set) about each
+ * event: a duplicate gets status SB_EDUP and the original's seq and
+ * agg_seq, an event beyond the index's horizon SB_EHORIZON; neither takes
+ * a seq. req->naccepted and req->unpublished drop by their number. Each
+ * new event is recorded in the index at once, so a request that holds one
+ * event twice gets it once. now_ms: the index's clock (event-id age). */
+sb_err sb_sequencer_assign_at(sb_sequencer *s, sb_req *req, uint64_t now_ms);
+/* Takes the index (NULL: no de-duplication). */
+void sb_sequencer_set_dedup(sb_sequencer *s, sb_dedup **dp);
 uint64_t sb_sequencer_last_seq(const sb_sequencer *s);
 uint64_t sb_sequencer_aggregates(const sb_sequencer *s);
 /* Restores an aggregate's last seq (for recovery and tests). */
@@ -40,6 +51,10 @@ typedef struct {
      * restore per-aggregate seqs found by the log's recovery. */
     sb_err (*restore)(sb_sequencer *core, void *ctx);
     void *restore_ctx;
+    /* Optional: the de-duplication index. The actor owns it from the
+     * call on, and frees it even when the constructor fails. */
+    sb_dedup *dedup;
+    sb_clock clock; /* for the index; now_ms NULL: the system clock */
 } sb_sequencer_actor_args;
 
 sb_err sb_sequencer_actor_new(sb_sequencer_actor **out,

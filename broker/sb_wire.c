@@ -31,6 +31,7 @@ sb_wire_err_of(sb_err e)
     case SB_EPROTO: return SB_WERR_BAD_VERSION;
     case SB_ENOENT: return SB_WERR_OUT_OF_RETENTION;
     case SB_EWRONGSHARD: return SB_WERR_WRONG_SHARD;
+    case SB_EHORIZON: return SB_WERR_BEYOND_DEDUP_HORIZON;
     default: return SB_WERR_INVALID;
     }
 }

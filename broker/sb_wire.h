@@ -29,6 +29,7 @@ typedef enum {
     SB_WERR_UNSUPPORTED = 7,
     SB_WERR_BAD_VERSION = 8,
     SB_WERR_OUT_OF_RETENTION = 9,
+    SB_WERR_BEYOND_DEDUP_HORIZON = 10,
     SB_WERR_WRONG_SHARD = 11
 } sb_werr;
 #define SB_WERR_COUNT 12 /* sizes tables indexed by sb_werr */

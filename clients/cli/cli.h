@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "snapbus.h"
+
 /* Exit codes. */
 enum {
     CLI_OK = 0,
@@ -38,5 +40,35 @@ void cli_json_escape(FILE *f, const void *p, size_t n);
 void cli_hex(FILE *f, const void *p, size_t n);
 
 uint64_t cli_now_ns(void);
+
+/* `snapbus keygen NAME` (cli_keys.c). */
+int cli_keygen(int argc, char **argv);
+
+/* CURVE options of every subcommand that connects (docs/SECURITY.md):
+ * add CLI_CURVE_LONGOPTS to the getopt_long table, pass each option to
+ * cli_curve_opt, then call cli_curve_load, which falls back on
+ * SNAPBUS_SERVER_KEY and SNAPBUS_CLIENT_KEY. A value is a key (40 Z85
+ * characters) or a key file (snapbus keygen). */
+enum { CLI_OPT_SERVER_KEY = 0x1000, CLI_OPT_CLIENT_KEY };
+#define CLI_CURVE_LONGOPTS                                                     \
+    {"server-key", required_argument, NULL, CLI_OPT_SERVER_KEY},               \
+        {"client-key", required_argument, NULL, CLI_OPT_CLIENT_KEY}
+#define CLI_CURVE_HELP                                                         \
+    "  --server-key KEY|FILE  the broker's CURVE public key (or\n"             \
+    "                         SNAPBUS_SERVER_KEY); see docs/SECURITY.md\n"     \
+    "  --client-key FILE|KEY  this client's CURVE secret key (or\n"            \
+    "                         SNAPBUS_CLIENT_KEY)\n"
+
+typedef struct {
+    const char *server_arg, *client_arg;
+    char server[41], pub[41], sec[41]; /* what out points into */
+} cli_curve;
+
+/* 1 if getopt's c was one of the CURVE options (now noted in k). */
+int cli_curve_opt(cli_curve *k, int c, const char *arg);
+/* Fills out from the options or the environment (all NULL: no CURVE).
+ * -1: a key is missing or bad; the reason went to stderr, prefixed with
+ * who. out points into k, which must outlive its use. */
+int cli_curve_load(cli_curve *k, const char *who, sb_curve_opts *out);
 
 #endif

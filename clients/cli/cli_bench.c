@@ -26,7 +26,17 @@
  * Each broker run gets its own snapbusd (so retention from one run never
  * weighs on the next), started with --ready-file in a temp dir and
  * stopped with SIGTERM + waitpid. Its output goes to broker-K.log there;
- * --keep leaves the dir. */
+ * --keep leaves the dir.
+ *
+ * --curve runs every broker mode a second time right after the first,
+ * with CURVE on every socket (docs/SECURITY.md): fresh keys in the temp
+ * dir, one client key on both allowlists. The "vs plain" column is the
+ * CURVE run's rate over the plain run's: the cost of encryption.
+ *
+ * --producer-ids does the same with a producer id and producer seq on
+ * every event (docs/PUBLISHING.md): its "vs plain" is the cost of
+ * de-duplication. The client's resend copies are off in those runs, so
+ * the figure is the broker's index, not the client's bookkeeping. */
 #define _GNU_SOURCE /* nftw */
 #include <errno.h>
 #include <fcntl.h>
@@ -69,7 +79,19 @@ typedef struct {
     int modes;          /* bit set of MODE_ */
     char dir[PATH_MAX]; /* temp dir */
     int runs;           /* brokers started, to name files */
+    int curve;          /* --curve: each broker mode again with CURVE */
+    int pids;           /* --producer-ids: again with producer ids */
+    int curve_now;      /* the broker being started runs CURVE */
+    char key_file[PATH_MAX + 16], list_file[PATH_MAX + 16];
 } bench;
+
+/* The client keys of the current run (all NULL: plain). Set by the main
+ * thread before a run starts any thread, read by every client the run
+ * makes; one global rather than a field threaded through each helper. */
+static sb_curve_opts s_curve_now;
+/* Likewise the producer id of the current run's publisher (NULL: none). */
+static const char *s_producer_now;
+static char s_curve_keys[3][41]; /* server public, client public, secret */
 
 enum { MODE_RAW = 1, MODE_NONE = 2, MODE_SEQ = 4, MODE_DURABLE = 8 };
 
@@ -84,6 +106,7 @@ typedef struct {
     uint64_t dup;
     uint64_t refused; /* refused by the broker, with the reason on stderr */
     int ok;           /* the run completed (else rate is what was measured) */
+    double vs_plain;  /* --curve rows: rate / the plain run's rate */
 } result;
 
 /* ---- Raw ZeroMQ baseline ------------------------------------------- */
@@ -258,7 +281,7 @@ static int
 s_broker_start(bench *bn, broker *br)
 {
     char path[PATH_MAX], ready[PATH_MAX + 32], data[32];
-    const char *argv[18 + BENCH_MAX_EXTRA];
+    const char *argv[24 + BENCH_MAX_EXTRA];
     int k = 0, run = ++bn->runs;
 
     memset(br, 0, sizeof *br);
@@ -285,6 +308,14 @@ s_broker_start(bench *bn, broker *br)
     snprintf(data, sizeof data, "data-%d", run);
     argv[k++] = "--data-dir";
     argv[k++] = data;
+    if (bn->curve_now) {
+        argv[k++] = "--secret-key-file";
+        argv[k++] = bn->key_file;
+        argv[k++] = "--publisher-keys";
+        argv[k++] = bn->list_file;
+        argv[k++] = "--subscriber-keys";
+        argv[k++] = bn->list_file;
+    }
     for (int i = 0; i < bn->nextra; i++)
         argv[k++] = bn->extra[i];
     argv[k] = NULL;
@@ -391,6 +422,7 @@ s_sub_thread(void *arg)
     sb_subscriber *s;
 
     sb_subscriber_opts_defaults(&so);
+    so.curve = s_curve_now;
     so.endpoint = r->endpoint;
     so.query_endpoint = NULL;
     so.rcvhwm = 0; /* measure the broker, not our queue: take it all */
@@ -483,7 +515,8 @@ s_show_missing(const sub_run *r, const broker *br)
                !(r->bitmap[(end + 1) >> 3] & (1u << ((end + 1) & 7))))
             end++;
         /* Did the broker publish them? Its ring says. */
-        sb_fetch_opts fo = {.from_seq = base + 1 + k, .to_seq = base + 1 + end};
+        sb_fetch_opts fo = {.from_seq = base + 1 + k, .to_seq = base + 1 + end,
+                            .curve = s_curve_now};
         sb_fetch_info fi;
         uint64_t held = 0;
         sb_err fe = sb_fetch(br->query, &fo, s_count_batch, &held, &fi, 2000);
@@ -502,6 +535,7 @@ s_show_missing(const sub_run *r, const broker *br)
     sb_publisher *p;
     warm_ack w = {0};
     sb_publisher_opts_defaults(&po);
+    po.curve = s_curve_now;
     po.endpoint = br->ingest;
     po.timeout_ms = 2000;
     if (sb_publisher_new(&p, &po) != SB_OK)
@@ -528,6 +562,7 @@ s_warm_up(const broker *br, sub_run *r)
     uint64_t seq = 0;
 
     sb_publisher_opts_defaults(&po);
+    po.curve = s_curve_now;
     po.endpoint = br->ingest;
     po.ack = SB_ACK_SEQUENCED;
     po.timeout_ms = 5000;
@@ -638,11 +673,13 @@ s_run_none(bench *bn, size_t size, result *res)
     sb_publisher_opts po;
     sb_publisher *p = NULL;
     sb_publisher_opts_defaults(&po);
+    po.curve = s_curve_now;
     po.endpoint = br.ingest;
     po.ack = SB_ACK_NONE;
     po.batch_events = bn->batch_events;
     po.batch_bytes = bn->batch_bytes;
     po.timeout_ms = 30000;
+    po.producer_id = s_producer_now;
     ack_run refusals = {0};
     sb_err e = sb_publisher_new(&p, &po);
     uint64_t t0 = cli_now_ns();
@@ -722,12 +759,15 @@ s_run_seq(bench *bn, size_t size, sb_ack ack, result *res)
     sb_publisher_opts po;
     sb_publisher *p;
     sb_publisher_opts_defaults(&po);
+    po.curve = s_curve_now;
     po.endpoint = br.ingest;
     po.ack = ack;
     po.window = bn->window;
     po.batch_events = bn->batch_events;
     po.batch_bytes = bn->batch_bytes;
     po.timeout_ms = 30000;
+    po.producer_id = s_producer_now;
+    po.resend = 0;
     sb_err e = sb_publisher_new(&p, &po);
     uint64_t t0 = cli_now_ns(), t1 = t0;
     if (e == SB_OK) {
@@ -788,11 +828,72 @@ s_help(FILE *f)
         "  -E, --batch-events N  events per request (default 1000)\n"
         "  -B, --batch-bytes N   bytes per request (default 262144)\n"
         "  -k, --keep            keep the temp dir with the broker logs\n"
+        "  -C, --curve           run each broker mode again with CURVE and\n"
+        "                        show its rate over the plain run's\n"
+        "  -P, --producer-ids    run each broker mode again with a producer\n"
+        "                        id and seq on every event (de-duplication)\n"
+        "                        and show its rate over the plain run's\n"
         "  -j, --json            print JSON instead of a table\n"
         "  -h, --help            this help\n"
         "\n"
         "Exit status 1 if any run lost or duplicated events, 3 if one "
         "failed.\n");
+}
+
+/* Fresh keys for the --curve runs, in the temp dir: the broker's secret
+ * key file and one allowlist holding the one client key. */
+static int
+s_curve_setup(bench *bn)
+{
+    char sec[41], text[64];
+    int fd, len;
+
+    if (zmq_curve_keypair(s_curve_keys[0], sec) != 0 ||
+        zmq_curve_keypair(s_curve_keys[1], s_curve_keys[2]) != 0) {
+        fprintf(stderr, "snapbus bench: --curve: %s\n", zmq_strerror(errno));
+        return -1;
+    }
+    snprintf(bn->key_file, sizeof bn->key_file, "%s/server.key", bn->dir);
+    snprintf(bn->list_file, sizeof bn->list_file, "%s/clients.keys", bn->dir);
+    len = snprintf(text, sizeof text, "%s\n", sec);
+    fd = open(bn->key_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    explicit_bzero(sec, sizeof sec);
+    if (fd < 0 || write(fd, text, (size_t)len) != len || close(fd) != 0) {
+        perror("snapbus bench: --curve: server key");
+        explicit_bzero(text, sizeof text);
+        return -1;
+    }
+    explicit_bzero(text, sizeof text);
+    len = snprintf(text, sizeof text, "%s\n", s_curve_keys[1]);
+    fd = open(bn->list_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, text, (size_t)len) != len || close(fd) != 0) {
+        perror("snapbus bench: --curve: allowlist");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_curve_use(bench *bn, int on)
+{
+    bn->curve_now = on;
+    if (on) {
+        s_curve_now.server_key = s_curve_keys[0];
+        s_curve_now.public_key = s_curve_keys[1];
+        s_curve_now.secret_key = s_curve_keys[2];
+    } else {
+        memset(&s_curve_now, 0, sizeof s_curve_now);
+    }
+}
+
+static int
+s_run_broker_mode(bench *bn, int mode, size_t size, result *r)
+{
+    memset(r, 0, sizeof *r);
+    if (mode == MODE_NONE)
+        return s_run_none(bn, size, r);
+    return s_run_seq(bn, size,
+                     mode == MODE_SEQ ? SB_ACK_SEQUENCED : SB_ACK_DURABLE, r);
 }
 
 static int
@@ -856,25 +957,32 @@ s_print(const bench *bn, const result *res, int n)
             printf("%s\n {\"mode\":\"%s\",\"size\":%zu,\"events\":%" PRIu64
                    ",\"seconds\":%.6f,\"rate\":%.0f,\"ratio\":%.4f,"
                    "\"lost\":%" PRIu64 ",\"dup\":%" PRIu64
-                   ",\"refused\":%" PRIu64 ",\"ok\":%s}",
+                   ",\"refused\":%" PRIu64 ",\"ok\":%s",
                    i ? "," : "", r->mode, r->size, r->events, r->seconds,
                    r->rate, r->ratio, r->lost, r->dup, r->refused,
                    r->ok ? "true" : "false");
+            if (r->vs_plain > 0)
+                printf(",\"vs_plain\":%.4f", r->vs_plain);
+            printf("}");
         }
         printf("\n]}\n");
         return;
     }
-    printf("%-10s %7s %10s %14s %8s %10s %8s %8s\n", "mode", "size", "events",
-           "rate (ev/s)", "vs raw", "lost", "dup", "refused");
+    printf("%-16s %7s %10s %14s %8s %10s %8s %8s%s\n", "mode", "size",
+           "events", "rate (ev/s)", "vs raw", "lost", "dup", "refused",
+           bn->curve || bn->pids ? "  vs plain" : "");
     for (int i = 0; i < n; i++) {
         const result *r = &res[i];
         char ratio[16] = "-";
         if (r->ratio > 0)
             snprintf(ratio, sizeof ratio, "%.2f", r->ratio);
-        printf("%-10s %7zu %10" PRIu64 " %14.0f %8s %10" PRIu64 " %8" PRIu64
-               " %8" PRIu64 "%s\n",
+        char vs[24] = "";
+        if (r->vs_plain > 0)
+            snprintf(vs, sizeof vs, "  %8.2f", r->vs_plain);
+        printf("%-16s %7zu %10" PRIu64 " %14.0f %8s %10" PRIu64 " %8" PRIu64
+               " %8" PRIu64 "%s%s\n",
                r->mode, r->size, r->events, r->rate, ratio, r->lost, r->dup,
-               r->refused, r->ok ? "" : "  (incomplete)");
+               r->refused, vs, r->ok ? "" : "  (incomplete)");
     }
 }
 
@@ -909,6 +1017,8 @@ cli_bench(int argc, char **argv)
         {"batch-events", required_argument, NULL, 'E'},
         {"batch-bytes", required_argument, NULL, 'B'},
         {"keep", no_argument, NULL, 'k'},
+        {"curve", no_argument, NULL, 'C'},
+        {"producer-ids", no_argument, NULL, 'P'},
         {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -924,7 +1034,7 @@ cli_bench(int argc, char **argv)
     int c, v;
     uint64_t u;
 
-    while ((c = getopt_long(argc, argv, "n:s:w:b:A:m:g:E:B:kjh", lo, NULL)) !=
+    while ((c = getopt_long(argc, argv, "n:s:w:b:A:m:g:E:B:kCPjh", lo, NULL)) !=
            -1) {
         int bad = 0;
         switch (c) {
@@ -964,6 +1074,12 @@ cli_bench(int argc, char **argv)
         case 'k':
             bn.keep = 1;
             break;
+        case 'C':
+            bn.curve = 1;
+            break;
+        case 'P':
+            bn.pids = 1;
+            break;
         case 'j':
             bn.json = 1;
             break;
@@ -995,8 +1111,14 @@ cli_bench(int argc, char **argv)
     /* A subscriber that stops reading must not kill us through SIGPIPE
      * on a pipe we print to; and a broker that dies is seen via waitpid. */
     signal(SIGPIPE, SIG_IGN);
+    if (bn.curve && !(bn.modes & (MODE_NONE | MODE_SEQ | MODE_DURABLE)))
+        bn.curve = 0; /* raw ZeroMQ only: nothing to compare */
+    if (bn.curve && s_curve_setup(&bn) != 0) {
+        s_rmdir(bn.dir);
+        return CLI_FAILED;
+    }
 
-    result res[4 * BENCH_MAX_SIZES];
+    result res[10 * BENCH_MAX_SIZES];
     int n = 0, failed = 0, lossy = 0;
     for (int i = 0; i < bn.nsizes; i++) {
         size_t size = bn.sizes[i];
@@ -1009,26 +1131,41 @@ cli_bench(int argc, char **argv)
             res[n].ratio = raw > 0 ? 1.0 : 0;
             n++;
         }
-        if (bn.modes & MODE_NONE) {
-            memset(&res[n], 0, sizeof res[n]);
-            if (s_run_none(&bn, size, &res[n]) != 0)
-                failed = 1;
-            res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
-            n++;
-        }
-        if (bn.modes & MODE_SEQ) {
-            memset(&res[n], 0, sizeof res[n]);
-            if (s_run_seq(&bn, size, SB_ACK_SEQUENCED, &res[n]) != 0)
-                failed = 1;
-            res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
-            n++;
-        }
-        if (bn.modes & MODE_DURABLE) {
-            memset(&res[n], 0, sizeof res[n]);
-            if (s_run_seq(&bn, size, SB_ACK_DURABLE, &res[n]) != 0)
-                failed = 1;
-            res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
-            n++;
+        static const int broker_modes[] = {MODE_NONE, MODE_SEQ, MODE_DURABLE};
+        static const char *const curve_names[] = {
+            "none+curve", "sequenced+curve", "durable+curve"};
+        for (int m = 0; m < 3; m++) {
+            if (!(bn.modes & broker_modes[m]))
+                continue;
+            /* With --curve, the CURVE run right after the plain one, so
+             * both see the machine in the same state. */
+            for (int cv = 0; cv <= bn.curve; cv++) {
+                s_curve_use(&bn, cv);
+                if (s_run_broker_mode(&bn, broker_modes[m], size, &res[n]) != 0)
+                    failed = 1;
+                res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
+                if (cv) {
+                    res[n].mode = curve_names[m];
+                    res[n].vs_plain =
+                        res[n - 1].rate > 0 ? res[n].rate / res[n - 1].rate : 0;
+                }
+                n++;
+            }
+            s_curve_use(&bn, 0);
+            if (bn.pids) {
+                static const char *const pid_names[] = {
+                    "none+pid", "sequenced+pid", "durable+pid"};
+                int plain = n - 1 - bn.curve;
+                s_producer_now = "bench-producer";
+                if (s_run_broker_mode(&bn, broker_modes[m], size, &res[n]) != 0)
+                    failed = 1;
+                s_producer_now = NULL;
+                res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
+                res[n].mode = pid_names[m];
+                res[n].vs_plain =
+                    res[plain].rate > 0 ? res[n].rate / res[plain].rate : 0;
+                n++;
+            }
         }
         if (!bn.json) {
             /* Progress on stderr: a full run takes a while. */

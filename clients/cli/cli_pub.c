@@ -29,10 +29,13 @@ typedef struct {
 static void
 s_print(const s_outcomes *o, const sb_ack_info *a)
 {
-    if (a->err == SB_OK) {
+    if (a->err == SB_OK || a->err == SB_EDUP) {
+        /* A duplicate was accepted before: its original seq, a success. */
         printf("seq=%" PRIu64 " agg_seq=%" PRIu64, a->seq, a->agg_seq);
-        if (o->ack == SB_ACK_PUBLISHED)
+        if (o->ack == SB_ACK_PUBLISHED && a->err == SB_OK)
             printf(" batch=%" PRIu64, a->batch_id);
+        if (a->err == SB_EDUP)
+            printf(" duplicate");
         putchar('\n');
         return;
     }
@@ -47,7 +50,7 @@ s_on_ack(const sb_ack_info *a, void *ctx)
 {
     s_outcomes *o = ctx;
 
-    if (a->err != SB_OK)
+    if (a->err != SB_OK && a->err != SB_EDUP)
         o->refused = 1;
     if (o->ack == SB_ACK_NONE) {
         /* Only refusals come back; print them as they come. */
@@ -106,6 +109,12 @@ s_help(FILE *f)
         "  -c, --caused-by SEQ   seq of the causing event\n"
         "  -s, --source-pos N    source position (e.g. a block height)\n"
         "  -T, --timeout-ms MS   longest wait for the broker (default 10000)\n"
+        "  -P, --producer-id ID  idempotent publishing: this producer id (or\n"
+        "                        SNAPBUS_PRODUCER_ID) and producer seqs from\n"
+        "  --producer-seq-start N  (default 1): a resend of the same events\n"
+        "                        prints their original seqs, 'duplicate'\n"
+        "                        (docs/PUBLISHING.md)\n"
+        CLI_CURVE_HELP
         "  -h, --help            this help\n"
         "\n"
         "With --ack none a refusal may come back after a short grace time\n"
@@ -156,9 +165,13 @@ cli_pub(int argc, char **argv)
         {"caused-by", required_argument, NULL, 'c'},
         {"source-pos", required_argument, NULL, 's'},
         {"timeout-ms", required_argument, NULL, 'T'},
+        {"producer-id", required_argument, NULL, 'P'},
+        {"producer-seq-start", required_argument, NULL, 'S'},
+        CLI_CURVE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     sb_publisher_opts po;
+    cli_curve ck = {0};
     sb_pub_event ev = {0};
     s_outcomes out = {0};
     int c, rc = CLI_OK;
@@ -167,7 +180,12 @@ cli_pub(int argc, char **argv)
     po.timeout_ms = 10000;
     ev.aggregate = "cli";
     ev.type = "message";
-    while ((c = getopt_long(argc, argv, "e:a:g:t:c:s:T:h", lo, NULL)) != -1) {
+    po.producer_id = getenv("SNAPBUS_PRODUCER_ID");
+    if (po.producer_id != NULL && po.producer_id[0] == '\0')
+        po.producer_id = NULL;
+    while ((c = getopt_long(argc, argv, "e:a:g:t:c:s:T:P:h", lo, NULL)) != -1) {
+        if (cli_curve_opt(&ck, c, optarg))
+            continue;
         switch (c) {
         case 'e':
             po.endpoint = optarg;
@@ -203,6 +221,15 @@ cli_pub(int argc, char **argv)
                 return CLI_USAGE;
             }
             break;
+        case 'P':
+            po.producer_id = optarg;
+            break;
+        case 'S':
+            if (cli_parse_u64(optarg, &po.producer_seq_start) != 0) {
+                fprintf(stderr, "snapbus pub: bad --producer-seq-start\n");
+                return CLI_USAGE;
+            }
+            break;
         case 'h':
             s_help(stdout);
             return CLI_OK;
@@ -212,6 +239,8 @@ cli_pub(int argc, char **argv)
         }
     }
     out.ack = po.ack;
+    if (cli_curve_load(&ck, "snapbus pub", &po.curve) != 0)
+        return CLI_USAGE;
 
     sb_publisher *p;
     sb_err e = sb_publisher_new(&p, &po);
@@ -242,6 +271,14 @@ cli_pub(int argc, char **argv)
     if (e != SB_OK) {
         fprintf(stderr, "snapbus pub: waiting for the broker: %s\n",
                 sb_strerror(e));
+        /* A refused CURVE handshake looks like silence from here. */
+        if (e == SB_ETIMEDOUT)
+            fprintf(stderr, "snapbus pub: %s\n",
+                    po.curve.server_key != NULL
+                        ? "with CURVE: is --server-key the broker's, and this "
+                          "client's key on its publisher list?"
+                        : "a broker running CURVE refuses plain clients "
+                          "(--server-key, --client-key)");
         rc = CLI_FAILED;
     } else if (po.ack == SB_ACK_NONE) {
         /* A refusal of a fire-and-forget request needs a round trip to

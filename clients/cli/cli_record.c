@@ -54,6 +54,7 @@ s_help(FILE *f)
         "  -g, --generate N      write N synthetic events; no broker\n"
         "  -k, --aggregates K    with --generate (default 16)\n"
         "  -s, --size S          with --generate: payload bytes (default 100)\n"
+        CLI_CURVE_HELP
         "  -h, --help            this help\n");
 }
 
@@ -132,9 +133,11 @@ cli_record(int argc, char **argv)
         {"aggregates", required_argument, NULL, 'k'},
         {"size", required_argument, NULL, 's'},
         {"rcvhwm", required_argument, NULL, 'H'},
+        CLI_CURVE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     sb_subscriber_opts so;
+    cli_curve ck = {0};
     const char *outpath = NULL;
     char **prefixes = calloc((size_t)argc + 1, sizeof *prefixes);
     char **exacts = calloc((size_t)argc + 1, sizeof *exacts);
@@ -150,6 +153,8 @@ cli_record(int argc, char **argv)
     while (rc == CLI_OK &&
            (c = getopt_long(argc, argv, "o:e:Q:p:x:r:n:T:g:k:s:H:h", lo,
                             NULL)) != -1) {
+        if (cli_curve_opt(&ck, c, optarg))
+            continue;
         switch (c) {
         case 'o':
             outpath = optarg;
@@ -206,6 +211,8 @@ cli_record(int argc, char **argv)
             rc = CLI_USAGE;
         }
     }
+    if (rc == CLI_OK && cli_curve_load(&ck, "snapbus record", &so.curve) != 0)
+        rc = CLI_USAGE;
     if (rc != CLI_OK || optind < argc ||
         (so.resume_from_seq && so.query_endpoint == NULL)) {
         if (so.resume_from_seq && so.query_endpoint == NULL)

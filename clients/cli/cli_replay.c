@@ -244,6 +244,7 @@ cli_rec_free(cli_rec *r)
 
 typedef struct {
     uint64_t acked;
+    uint64_t duplicates; /* of acked: the broker had them already */
     uint64_t refused;
     sb_err first_err;
 } s_count;
@@ -253,8 +254,11 @@ s_on_ack(const sb_ack_info *a, void *ctx)
 {
     s_count *c = ctx;
 
-    if (a->err == SB_OK) {
+    if (a->err == SB_OK || a->err == SB_EDUP) {
+        /* A duplicate was taken before (docs/PUBLISHING.md): replaying a
+         * file twice is idempotent, not a refusal. */
         c->acked++;
+        c->duplicates += a->err == SB_EDUP;
     } else {
         if (c->refused++ == 0)
             c->first_err = a->err;
@@ -305,6 +309,7 @@ s_help(FILE *f)
         "  -T, --timeout-ms MS   longest wait for the last acks (default\n"
         "                        60000)\n"
         "  -q, --quiet           no progress line\n"
+        CLI_CURVE_HELP
         "  -h, --help            this help\n"
         "\n"
         "Exit status: 0 all taken, 1 the broker refused some event,\n"
@@ -321,9 +326,11 @@ cli_replay(int argc, char **argv)
         {"batch", required_argument, NULL, 'b'},
         {"timeout-ms", required_argument, NULL, 'T'},
         {"quiet", no_argument, NULL, 'q'},
+        CLI_CURVE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     sb_publisher_opts po;
+    cli_curve ck = {0};
     int c, quiet = 0, wait_ms = 60000, n;
     s_count cnt = {0};
 
@@ -334,6 +341,8 @@ cli_replay(int argc, char **argv)
     po.timeout_ms = -1;
     po.reply_timeout_ms = -1;
     while ((c = getopt_long(argc, argv, "e:a:w:b:T:qh", lo, NULL)) != -1) {
+        if (cli_curve_opt(&ck, c, optarg))
+            continue;
         switch (c) {
         case 'e':
             po.endpoint = optarg;
@@ -385,6 +394,8 @@ cli_replay(int argc, char **argv)
         s_help(stderr);
         return CLI_USAGE;
     }
+    if (cli_curve_load(&ck, "snapbus replay", &po.curve) != 0)
+        return CLI_USAGE;
     const char *path = argv[optind];
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (f == NULL) {
@@ -467,6 +478,8 @@ cli_replay(int argc, char **argv)
     else
         printf("sent=%" PRIu64 " acked=%" PRIu64 " refused=%" PRIu64, sent,
                cnt.acked, cnt.refused);
+    if (cnt.duplicates > 0)
+        printf(" duplicates=%" PRIu64, cnt.duplicates);
     printf(" elapsed=%.3fs rate=%.0f ev/s\n", el, el > 0 ? sent / el : 0.0);
     if (cnt.refused)
         fprintf(stderr, "snapbus replay: %" PRIu64 " events refused (first: %s)\n",

@@ -157,6 +157,7 @@ s_help(FILE *f)
             "  -n, --count N        stop after N batches\n"
             "  -T, --timeout-ms MS  stop after MS without a batch (exit 3)\n"
             "  -j, --json           one JSON object per batch per line\n"
+            CLI_CURVE_HELP
             "  -h, --help           this help\n");
 }
 
@@ -170,9 +171,11 @@ cli_sub(int argc, char **argv)
         {"count", required_argument, NULL, 'n'},
         {"timeout-ms", required_argument, NULL, 'T'},
         {"json", no_argument, NULL, 'j'},
+        CLI_CURVE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     sb_subscriber_opts so;
+    cli_curve ck = {0};
     uint64_t count = 0, got = 0;
     int c, json = 0, timeout_ms = -1, nsubs = 0;
     /* Subscriptions are set after the socket exists; remember them. */
@@ -188,6 +191,8 @@ cli_sub(int argc, char **argv)
     sb_subscriber_opts_defaults(&so);
     so.query_endpoint = NULL;
     while ((c = getopt_long(argc, argv, "e:p:x:n:T:jh", lo, NULL)) != -1) {
+        if (cli_curve_opt(&ck, c, optarg))
+            continue;
         switch (c) {
         case 'e':
             so.endpoint = optarg;
@@ -235,6 +240,11 @@ cli_sub(int argc, char **argv)
         return rc < 0 ? CLI_OK : rc;
     }
 
+    if (cli_curve_load(&ck, "snapbus sub", &so.curve) != 0) {
+        free(prefixes);
+        free(exacts);
+        return CLI_USAGE;
+    }
     sb_subscriber *s;
     sb_err e = sb_subscriber_new(&s, &so);
     if (e != SB_OK) {

@@ -27,6 +27,7 @@ s_usage(FILE *f)
             "  stat    live figures of a running broker (its /metrics)\n"
             "  replay  publish a recorded history file as a burst\n"
             "  record  write a history file (from a subscription, or generated)\n"
+            "  keygen  make a CURVE key pair (docs/SECURITY.md)\n"
             "  shard   which broker owns an aggregate, when spread over several\n"
             "\n"
             "Run 'snapbus COMMAND --help' for a command's options.\n"
@@ -61,6 +62,8 @@ main(int argc, char **argv)
         return cli_record(argc - 1, argv + 1);
     if (!strcmp(cmd, "stat"))
         return cli_stat(argc - 1, argv + 1);
+    if (!strcmp(cmd, "keygen"))
+        return cli_keygen(argc - 1, argv + 1);
     if (!strcmp(cmd, "shard"))
         return cli_shard(argc - 1, argv + 1);
     fprintf(stderr, "snapbus: unknown command '%s'\n", cmd);

@@ -30,6 +30,7 @@ test_render_from_known_counters(void **state)
 {
     static sb_ingest_stats in;
     static sb_fanout_stats fo;
+    static sb_dedup_stats dd;
     sb_link *a, *b;
     sb_metrics_sources src = {0};
     atomic_uint_fast64_t last_seq = 42;
@@ -55,6 +56,12 @@ test_render_from_known_counters(void **state)
     src.links[0] = a;
     src.links[1] = b;
     src.nlinks = 2;
+    atomic_store(&dd.dup_producer, 5);
+    atomic_store(&dd.dup_event_id, 6);
+    atomic_store(&dd.beyond, 7);
+    atomic_store(&dd.prod_evicted, 8);
+    atomic_store(&dd.mem_bytes, 4096);
+    src.dedup = &dd;
 
     assert_int_equal(sb_metrics_render(&src, SB_METRICS_READY, "9.9.9", &text, &len), SB_OK);
     assert_int_equal(strlen(text), len);
@@ -67,6 +74,11 @@ test_render_from_known_counters(void **state)
     s_has(text, "snapbus_refusals_total{reason=\"too_large\"} 2\n");
     s_has(text, "snapbus_refusals_total{reason=\"invalid\"} 1\n");
     s_has(text, "snapbus_last_seq 42\n");
+    s_has(text, "snapbus_dedup_duplicates_total{by=\"producer_seq\"} 5\n");
+    s_has(text, "snapbus_dedup_duplicates_total{by=\"event_id\"} 6\n");
+    s_has(text, "snapbus_dedup_beyond_horizon_total 7\n");
+    s_has(text, "snapbus_dedup_evictions_total{kind=\"producer\"} 8\n");
+    s_has(text, "snapbus_dedup_memory_bytes 4096\n");
     /* Buckets are cumulative, as the format asks. */
     s_has(text, "# TYPE snapbus_batch_events histogram\n");
     s_has(text, "snapbus_batch_events_bucket{le=\"1\"} 1\n");

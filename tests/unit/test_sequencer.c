@@ -80,7 +80,7 @@ test_actor_tiny_links(void **state)
     assert_int_equal(sb_link_new(&in, "in", sizeof(sb_item), 1), SB_OK);
     assert_int_equal(sb_link_new(&rep, "rep", sizeof(sb_item), 1), SB_OK);
     assert_int_equal(sb_link_new(&out, "out", sizeof(sb_item), 1), SB_OK);
-    sb_sequencer_actor_args args = {1, in, rep, out, NULL, NULL};
+    sb_sequencer_actor_args args = {1, in, rep, out, NULL, NULL, NULL, {NULL, NULL}};
     assert_int_equal(sb_sequencer_actor_new(&a, &args), SB_OK);
 
     /* One thread plays both neighbours: send when there is room, read both

@@ -28,6 +28,27 @@ extern "C" {
 #define SB_PROTOCOL_VERSION 1
 #define SB_DONTWAIT 1 /* flag: return SB_EAGAIN rather than wait */
 
+/* ---- CURVE (docs/SECURITY.md) ---------------------------------------- */
+
+/* Keys of an encrypted, authenticated connection: the broker's public key
+ * and this client's key pair, each as 40 Z85 characters (what `snapbus
+ * keygen` writes). All NULL: a plain connection, which a broker running
+ * CURVE refuses. With server_key set, secret_key is required; public_key
+ * may be NULL (it is derived from secret_key). The strings are copied. A
+ * key that is not 40 Z85 characters makes _new (or sb_fetch) SB_EINVAL. */
+typedef struct {
+    const char *server_key;
+    const char *public_key;
+    const char *secret_key;
+} sb_curve_opts;
+
+/* A key given as itself (40 Z85 characters) or as the path of a key file
+ * (`snapbus keygen` output: one key line, '#' comment lines) into
+ * z85[41]. SB_EINVAL (bad key or file) or SB_ESYS (unreadable), with the
+ * reason in why. */
+SB_EXPORT sb_err sb_curve_key_load(const char *arg, char *z85, char *why,
+                                   size_t n);
+
 /* ---- Publisher ---------------------------------------------------- */
 
 typedef struct sb_publisher sb_publisher;
@@ -51,6 +72,25 @@ typedef struct {
      * max_message_bytes. A single event that cannot fit is SB_ETOOBIG at
      * publish. 0: no client-side limit. */
     uint32_t max_request_bytes;
+    sb_curve_opts curve; /* on the ingest socket; default: none */
+    /* Idempotent publishing (docs/PUBLISHING.md). A name for this
+     * publisher that stays the same across its restarts (copied); NULL:
+     * none. When set, every event that names no producer of its own is
+     * sent with this producer id and the next producer seq, counting from
+     * producer_seq_start (0 reads as 1): the event with token t gets
+     * producer_seq_start + t - 1. A resend, or a replay after a restart
+     * from the same start, is then answered SB_EDUP with the original seq
+     * instead of becoming a second event. */
+    const char *producer_id;
+    uint64_t producer_seq_start;
+    /* How often an acked request whose reply did not come is sent again
+     * (after reply_timeout_ms, or at once when the connection to the
+     * broker was lost and made again) before its events are reported
+     * SB_ETIMEDOUT. Only safe when the broker can recognise the events
+     * (producer or event ids). -1: 3 with producer_id set, else 0. */
+    int resend;
+    /* Tests only: the first N replies are read and dropped as if lost. */
+    uint32_t test_drop_replies;
 } sb_publisher_opts;
 
 SB_EXPORT void sb_publisher_opts_defaults(sb_publisher_opts *o);
@@ -91,7 +131,10 @@ SB_EXPORT sb_err sb_publisher_flush(sb_publisher *p, int flags);
 
 typedef struct {
     uint64_t token;    /* from sb_publisher_publish */
-    sb_err err;        /* SB_OK: accepted */
+    sb_err err;        /* SB_OK: accepted. SB_EDUP: accepted before, and
+                        * seq/agg_seq are the original's (a success).
+                        * SB_EHORIZON: older than the broker's
+                        * de-duplication horizon, not taken */
     uint64_t seq;
     uint64_t agg_seq;
     uint64_t batch_id; /* with SB_ACK_PUBLISHED */
@@ -118,6 +161,8 @@ typedef struct {
     uint64_t refused;   /* events with an error outcome */
     uint64_t inflight;  /* requests awaiting a reply */
     uint64_t waits;     /* times publish had to wait (window or HWM) */
+    uint64_t duplicates;  /* events answered SB_EDUP (original seq) */
+    uint64_t resends;     /* requests sent again (see resend) */
     uint64_t bad_replies; /* replies that were malformed or matched no
                            * request: counted and dropped */
 } sb_publisher_stats;
@@ -206,6 +251,7 @@ typedef struct {
     /* A fetch without an answer after this long is sent again. */
     int fetch_timeout_ms;
     sb_loss_policy on_loss;
+    sb_curve_opts curve; /* on both sockets (PUB and query); default: none */
 } sb_subscriber_opts;
 
 SB_EXPORT void sb_subscriber_opts_defaults(sb_subscriber_opts *o);
@@ -291,6 +337,7 @@ typedef struct {
     uint64_t after_batch_id; /* paging cursor; 0: from the start */
     uint32_t max_batches;    /* 0: broker default */
     uint32_t max_bytes;      /* 0: broker default */
+    sb_curve_opts curve;     /* default (zeroed): none */
 } sb_fetch_opts;
 
 typedef struct {

@@ -28,7 +28,10 @@ typedef enum {
     SB_ENOENT,   /* not found; out of retention (ERR_OUT_OF_RETENTION) */
     SB_ETIMEDOUT,
     SB_ERESTART, /* the broker restarted (new epoch): see SUBSCRIBING.md */
-    SB_EWRONGSHARD /* the aggregate belongs to another shard (ERR_WRONG_SHARD) */
+    SB_EWRONGSHARD, /* the aggregate belongs to another shard (ERR_WRONG_SHARD) */
+    SB_EHORIZON /* older than the broker's de-duplication horizon: it cannot
+                 * tell whether the event was accepted, so it took nothing
+                 * (ERR_BEYOND_DEDUP_HORIZON, docs/PUBLISHING.md) */
 } sb_err;
 
 SB_EXPORT const char *sb_strerror(sb_err e);

@@ -17,6 +17,7 @@
 
 #include <zmq.h>
 
+#include "sbc_curve.h"
 #include "sbc_internal.h"
 #include "snapbus.h"
 #include "snapbus.pb-c.h"
@@ -138,6 +139,7 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     sb_err rc = SB_ESYS;
     void *zctx = NULL, *sock = NULL;
     int linger = 0;
+    sbc_curve curve;
 
     if (query_endpoint == NULL || query_endpoint[0] == '\0')
         return SB_EINVAL;
@@ -148,11 +150,14 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     if (info == NULL)
         info = &scratch;
     memset(info, 0, sizeof *info);
+    if (sbc_curve_set(&curve, &o->curve) != SB_OK)
+        return SB_EINVAL;
     uint64_t deadline = sbc_deadline(timeout_ms);
 
     if ((zctx = zmq_ctx_new()) == NULL ||
         (sock = zmq_socket(zctx, ZMQ_DEALER)) == NULL ||
-        zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+        zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        sbc_curve_apply(sock, &curve) != SB_OK)
         goto out;
     if (zmq_connect(sock, query_endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
@@ -177,6 +182,7 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
         break;
     }
 out:
+    sbc_curve_wipe(&curve);
     if (sock != NULL)
         zmq_close(sock);
     if (zctx != NULL)

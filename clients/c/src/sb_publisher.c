@@ -27,6 +27,15 @@
  * reply_timeout_ms has its events reported SB_ETIMEDOUT and leaves the
  * window (s_expire); otherwise one lost reply would hold a slot forever.
  *
+ * Resending (opts.resend, docs/PUBLISHING.md). With it, an acked request
+ * keeps a copy of its bytes (s_rec.copy) until its reply, and is sent
+ * again, with the same request_id, when its reply is overdue or when the
+ * socket monitor reports that the connection was made again after a loss
+ * (ZeroMQ drops what the old connection still owed in both directions).
+ * A reply to the first copy that turns up after all is unmatched and
+ * counted in bad_replies. Only worth it with producer ids (or event ids),
+ * which let the broker answer a resend with the original seq.
+ *
  * Tokens are 1, 2, 3... in publish order; a request holds the tokens
  * first_token .. first_token + count - 1, in order, which is how the i-th
  * EventResult of a reply finds its token.
@@ -52,6 +61,7 @@
 
 #include <zmq.h>
 
+#include "sbc_curve.h"
 #include "sbc_internal.h"
 #include "snapbus.h"
 #include "snapbus.pb-c.h"
@@ -94,6 +104,9 @@ typedef struct {
     uint64_t first_token;
     uint64_t sent_ms; /* for the reply timeout */
     uint32_t count;
+    uint32_t tries;   /* resends so far */
+    uint8_t *copy;    /* with resend: the request's bytes, ours */
+    size_t copy_len;
 } s_rec;
 
 struct sb_publisher {
@@ -123,6 +136,13 @@ struct sb_publisher {
     s_rec *inflight; /* acked levels: `window` slots, unordered */
     uint32_t ninflight;
     s_rec *recent; /* SB_ACK_NONE: SBC_RECENT slots, by id */
+
+    char *producer_id;   /* opts.producer_id, ours; NULL: none */
+    uint64_t next_pseq;  /* the next event's producer seq */
+    int resend;          /* resends per request at most; 0: off */
+    void *mon;           /* with resend: PAIR reading the socket monitor */
+    int conn_lost;       /* the monitor saw a disconnect */
+    uint32_t drop_replies; /* tests: replies still to drop */
 
     uint64_t next_token;
     uint64_t next_id;
@@ -209,6 +229,7 @@ sb_publisher_opts_defaults(sb_publisher_opts *o)
     o->timeout_ms = -1;
     o->reply_timeout_ms = 30000;
     o->max_request_bytes = 4 * 1024 * 1024; /* the broker's default */
+    o->resend = -1;
 }
 
 static sb_err
@@ -224,6 +245,11 @@ s_opts_check(const sb_publisher_opts *o)
         return SB_EINVAL;
     if (o->max_request_bytes != 0 && o->max_request_bytes < 1024)
         return SB_EINVAL; /* the broker's own floor */
+    if (o->producer_id != NULL &&
+        (o->producer_id[0] == '\0' || strlen(o->producer_id) > 255))
+        return SB_EINVAL; /* the broker's max_name_bytes never exceeds 255 */
+    if (o->resend < -1)
+        return SB_EINVAL;
     return SB_OK;
 }
 
@@ -235,19 +261,27 @@ s_setopt_int(void *sock, int opt, int v)
     return zmq_setsockopt(sock, opt, &v, sizeof v);
 }
 
+static int s_monitor_start(sb_publisher *p);
+
 sb_err
 sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
 {
     sb_err rc;
     sb_publisher *p;
+    sbc_curve curve;
 
     if (out == NULL || o == NULL)
         return SB_EINVAL;
     if ((rc = s_opts_check(o)) != SB_OK)
         return rc;
-    if ((p = calloc(1, sizeof *p)) == NULL)
+    if ((rc = sbc_curve_set(&curve, &o->curve)) != SB_OK)
+        return rc;
+    if ((p = calloc(1, sizeof *p)) == NULL) {
+        sbc_curve_wipe(&curve);
         return SB_ENOMEM;
+    }
     p->o = *o;
+    memset(&p->o.curve, 0, sizeof p->o.curve); /* caller memory: not kept */
     p->next_token = 1;
     p->next_id = 1;
     sbc_arena_init(&p->arena, 16 * 1024);
@@ -266,6 +300,15 @@ sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
     if ((p->endpoint = sbc_strdup(o->endpoint)) == NULL)
         goto fail;
     p->o.endpoint = p->endpoint;
+    if (o->producer_id != NULL &&
+        (p->producer_id = sbc_strdup(o->producer_id)) == NULL)
+        goto fail;
+    p->o.producer_id = p->producer_id;
+    p->next_pseq = o->producer_seq_start ? o->producer_seq_start : 1;
+    p->resend = o->resend >= 0 ? o->resend : o->producer_id != NULL ? 3 : 0;
+    if (o->ack == SB_ACK_NONE)
+        p->resend = 0; /* nothing is remembered to resend */
+    p->drop_replies = o->test_drop_replies;
     if (o->ack == SB_ACK_NONE)
         p->recent = calloc(SBC_RECENT, sizeof *p->recent);
     else
@@ -289,20 +332,43 @@ sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
                  (o->sndhwm > 100000 ? 100000 : o->sndhwm) + SBC_RECENT;
     if (s_setopt_int(p->sock, ZMQ_SNDHWM, o->sndhwm) != 0 ||
         s_setopt_int(p->sock, ZMQ_RCVHWM, rcvhwm) != 0 ||
-        s_setopt_int(p->sock, ZMQ_LINGER, linger) != 0)
+        s_setopt_int(p->sock, ZMQ_LINGER, linger) != 0 ||
+        sbc_curve_apply(p->sock, &curve) != SB_OK)
+        goto fail;
+    if (p->resend > 0 && s_monitor_start(p) != 0)
         goto fail;
     if (zmq_connect(p->sock, p->endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
         goto fail;
     }
+    sbc_curve_wipe(&curve);
     *out = p;
     return SB_OK;
 fail:
+    sbc_curve_wipe(&curve);
     sb_publisher_destroy(&p);
     return rc;
 }
 
 static void s_fail_pending(sb_publisher *p);
+
+/* Watches the ingest connection so that a reconnect resends at once what
+ * the lost connection still owed, rather than after reply_timeout_ms. */
+static int
+s_monitor_start(sb_publisher *p)
+{
+    char addr[64];
+
+    snprintf(addr, sizeof addr, "inproc://sbpub-mon-%p", (void *)p);
+    if (zmq_socket_monitor(p->sock, addr,
+                           ZMQ_EVENT_DISCONNECTED |
+                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0)
+        return -1;
+    if ((p->mon = zmq_socket(p->zctx, ZMQ_PAIR)) == NULL)
+        return -1;
+    s_setopt_int(p->mon, ZMQ_LINGER, 0);
+    return zmq_connect(p->mon, addr);
+}
 
 void
 sb_publisher_destroy(sb_publisher **pp)
@@ -314,11 +380,18 @@ sb_publisher_destroy(sb_publisher **pp)
     if (p->sock != NULL)
         (void)sb_publisher_wait_all(p, p->o.timeout_ms);
     s_fail_pending(p);
-    if (p->parked)
+    if (p->parked) {
         zmq_msg_close(&p->pmsg); /* back to the pool through s_free_buf */
+        free(p->prec.copy);
+    }
     free(p->hdr);
-    if (p->sock != NULL)
+    if (p->mon != NULL)
+        zmq_close(p->mon);
+    if (p->sock != NULL) {
+        if (p->resend > 0)
+            zmq_socket_monitor(p->sock, NULL, 0);
         zmq_close(p->sock);
+    }
     /* Waits up to ZMQ_LINGER for queued sends; once it returns, ZeroMQ
      * has released every message, so no s_free_buf can run any more. */
     if (p->zctx != NULL)
@@ -332,6 +405,7 @@ sb_publisher_destroy(sb_publisher **pp)
     free(p->inflight);
     free(p->recent);
     free(p->endpoint);
+    free(p->producer_id);
     free(p);
     *pp = NULL;
 }
@@ -360,10 +434,15 @@ static void
 s_report(sb_publisher *p, uint64_t token, sb_err err, uint64_t seq,
          uint64_t agg_seq, uint64_t batch_id)
 {
-    if (err == SB_OK)
+    if (err == SB_OK) {
         p->st.acked++;
-    else
+    } else if (err == SB_EDUP) {
+        /* Accepted before, under the seq reported: a success. */
+        p->st.acked++;
+        p->st.duplicates++;
+    } else {
         p->st.refused++;
+    }
     if (p->ack_fn != NULL) {
         sb_ack_info a = {token, err, seq, agg_seq, batch_id};
         p->ack_fn(&a, p->ack_ctx);
@@ -383,8 +462,10 @@ s_report_all(sb_publisher *p, const s_rec *r, sb_err err)
 static void
 s_fail_pending(sb_publisher *p)
 {
-    for (uint32_t i = 0; i < p->ninflight; i++)
+    for (uint32_t i = 0; i < p->ninflight; i++) {
         s_report_all(p, &p->inflight[i], SB_ETIMEDOUT);
+        free(p->inflight[i].copy);
+    }
     p->ninflight = 0;
     if (p->parked)
         s_report_all(p, &p->prec, SB_ECLOSED);
@@ -426,6 +507,11 @@ s_on_reply(sb_publisher *p, const void *data, size_t len)
     Snapbus__Reply *rep;
     s_rec r;
 
+    r.copy = NULL;
+    if (p->drop_replies > 0) {
+        p->drop_replies--;
+        return;
+    }
     rep = snapbus__reply__unpack(&p->arena.pbc, len, data);
     if (rep == NULL || rep->version != SB_PROTOCOL_VERSION ||
         !s_take_rec(p, rep->request_id, &r)) {
@@ -465,22 +551,80 @@ s_on_reply(sb_publisher *p, const void *data, size_t len)
             s_report(p, token, err, er->seq, er->aggregate_seq, er->batch_id);
     }
 out:
+    free(r.copy);
     sbc_arena_reset(&p->arena);
 }
 
-/* Reports and drops acked requests whose reply is overdue. */
+/* Sends r's bytes again. A full socket leaves it for the next expiry. */
+static void
+s_resend(sb_publisher *p, s_rec *r, uint64_t now)
+{
+    r->sent_ms = now;
+    if (zmq_send(p->sock, r->copy, r->copy_len, ZMQ_DONTWAIT) >= 0) {
+        r->tries++;
+        p->st.resends++;
+    }
+}
+
+/* Resends, or reports and drops, acked requests whose reply is overdue. */
 static void
 s_expire(sb_publisher *p, uint64_t now)
 {
     if (p->o.reply_timeout_ms < 0)
         return;
     for (uint32_t i = 0; i < p->ninflight;) {
-        if (now - p->inflight[i].sent_ms >= (uint64_t)p->o.reply_timeout_ms) {
-            s_rec r = p->inflight[i];
-            p->inflight[i] = p->inflight[--p->ninflight];
-            s_report_all(p, &r, SB_ETIMEDOUT);
-        } else {
+        s_rec *r = &p->inflight[i];
+        if (now - r->sent_ms < (uint64_t)p->o.reply_timeout_ms) {
             i++;
+        } else if (r->copy != NULL && r->tries < (uint32_t)p->resend) {
+            s_resend(p, r, now);
+            i++;
+        } else {
+            s_rec gone = *r;
+            p->inflight[i] = p->inflight[--p->ninflight];
+            s_report_all(p, &gone, SB_ETIMEDOUT);
+            free(gone.copy);
+        }
+    }
+}
+
+/* Reads the socket monitor: after a lost connection is made again, every
+ * request still owed a reply goes again now. */
+static void
+s_watch(sb_publisher *p)
+{
+    zmq_msg_t m;
+
+    if (p->mon == NULL)
+        return;
+    for (;;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&m) >= 2)
+            memcpy(&ev, zmq_msg_data(&m), 2);
+        int more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0)
+                more = 0;
+            else
+                more = zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        if (ev == ZMQ_EVENT_DISCONNECTED) {
+            p->conn_lost = 1;
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED && p->conn_lost) {
+            p->conn_lost = 0;
+            uint64_t now = sbc_coarse_ms();
+            for (uint32_t i = 0; i < p->ninflight; i++)
+                if (p->inflight[i].copy != NULL &&
+                    p->inflight[i].tries < (uint32_t)p->resend)
+                    s_resend(p, &p->inflight[i], now);
         }
     }
 }
@@ -509,6 +653,7 @@ s_drain(sb_publisher *p)
     int n = 0;
     zmq_msg_t m;
 
+    s_watch(p);
     for (;;) {
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, p->sock, ZMQ_DONTWAIT) < 0) {
@@ -542,15 +687,17 @@ s_drain(sb_publisher *p)
 static sb_err
 s_wait(sb_publisher *p, short events, uint64_t deadline)
 {
-    zmq_pollitem_t it = {p->sock, 0, events, 0};
+    /* The monitor too: a reconnect is a reason to resend, not to wait. */
+    zmq_pollitem_t it[2] = {{p->sock, 0, events, 0},
+                            {p->mon, 0, ZMQ_POLLIN, 0}};
     uint64_t expiry = s_next_expiry(p);
     uint64_t until = expiry < deadline ? expiry : deadline;
-    int n = zmq_poll(&it, 1, s_remaining(until));
+    int n = zmq_poll(it, p->mon != NULL ? 2 : 1, s_remaining(until));
 
     if (n < 0)
         return errno == EINTR ? SB_OK : SB_ESYS; /* the caller loops */
     if (n > 0) {
-        if (it.revents & ZMQ_POLLIN)
+        if ((it[0].revents | it[1].revents) & ZMQ_POLLIN)
             s_drain(p);
         return SB_OK;
     }
@@ -590,13 +737,24 @@ s_seal(sb_publisher *p)
         *w++ = ack;
     }
     assert(w == p->buf + SBC_HEADROOM);
+    uint8_t *copy = NULL;
+    if (p->resend > 0) {
+        if ((copy = malloc(hdr + p->len)) == NULL)
+            return SB_ENOMEM;
+        memcpy(copy, start, hdr + p->len);
+    }
     if (zmq_msg_init_data(&p->pmsg, start, hdr + p->len, s_free_buf, p->hdr) !=
-        0)
+        0) {
+        free(copy);
         return SB_ENOMEM; /* still gathering: nothing changed */
+    }
     p->next_id++;
     p->prec.id = id;
     p->prec.first_token = p->first_token;
     p->prec.count = p->nev;
+    p->prec.tries = 0;
+    p->prec.copy = copy;
+    p->prec.copy_len = hdr + p->len;
     p->parked = 1;
     p->hdr = NULL;
     p->buf = NULL;
@@ -805,9 +963,17 @@ sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev, int flags,
 {
     s_sizes z;
     sb_err rc;
+    sb_pub_event own;
 
     if (p == NULL || ev == NULL)
         return SB_EINVAL;
+    int auto_pseq = p->producer_id != NULL && ev->producer_id == NULL;
+    if (auto_pseq) {
+        own = *ev;
+        own.producer_id = p->producer_id;
+        own.producer_seq = p->next_pseq;
+        ev = &own;
+    }
     if ((rc = s_measure(ev, &z)) != SB_OK)
         return rc;
     if (s_too_big(p, &z))
@@ -829,6 +995,8 @@ sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev, int flags,
     }
     if ((rc = s_append(p, ev, &z)) != SB_OK)
         return rc;
+    if (auto_pseq)
+        p->next_pseq++; /* taken: a refused publish uses up no seq */
     if (p->nev++ == 0) {
         p->first_token = p->next_token;
         p->started_ms = now;
@@ -893,8 +1061,10 @@ sb_publisher_poll(sb_publisher *p, int timeout_ms)
         /* POLLOUT only helps a parked request the window lets go. */
         if (p->parked && (p->inflight == NULL || p->ninflight < p->o.window))
             events |= ZMQ_POLLOUT;
-        zmq_pollitem_t it = {p->sock, 0, events, 0};
-        if (zmq_poll(&it, 1, s_remaining(until)) < 0 && errno != EINTR)
+        zmq_pollitem_t it[2] = {{p->sock, 0, events, 0},
+                                {p->mon, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(it, p->mon != NULL ? 2 : 1, s_remaining(until)) < 0 &&
+            errno != EINTR)
             return SB_ESYS;
     }
 }

@@ -182,6 +182,7 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
 {
     sb_err rc = SB_ENOMEM;
     sb_subscriber *s;
+    sbc_curve curve;
 
     if (out == NULL || o == NULL || o->endpoint == NULL ||
         o->endpoint[0] == '\0' || o->rcvhwm < 0 || o->probe_ms < 0 ||
@@ -189,8 +190,12 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
          (o->query_endpoint == NULL || o->query_endpoint[0] == '\0')) ||
         (unsigned)o->on_loss > SB_LOSS_STOP)
         return SB_EINVAL;
-    if ((s = calloc(1, sizeof *s)) == NULL)
+    if (sbc_curve_set(&curve, &o->curve) != SB_OK)
+        return SB_EINVAL;
+    if ((s = calloc(1, sizeof *s)) == NULL) {
+        sbc_curve_wipe(&curve);
         return SB_ENOMEM;
+    }
     if ((s->endpoint = sbc_strdup(o->endpoint)) == NULL)
         goto fail;
     if (o->query_endpoint != NULL && o->query_endpoint[0] != '\0' &&
@@ -202,7 +207,8 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
         goto fail;
     int linger = 0; /* a SUB socket sends nothing worth waiting for */
     if (zmq_setsockopt(s->sock, ZMQ_RCVHWM, &o->rcvhwm, sizeof o->rcvhwm) ||
-        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger))
+        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        sbc_curve_apply(s->sock, &curve) != SB_OK)
         goto fail;
     if (zmq_connect(s->sock, s->endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
@@ -210,7 +216,7 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
     }
     if (s->query_endpoint != NULL &&
         (rc = sbc_query_new(&s->query, s->zctx, s->query_endpoint,
-                            o->fetch_timeout_ms)) != SB_OK)
+                            o->fetch_timeout_ms, &curve)) != SB_OK)
         goto fail;
     sbc_transport t = {s, s_live, s_live_drain, NULL, NULL, s_now};
     if (s->query != NULL) {
@@ -220,9 +226,11 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
     sbc_sub_config cfg = {o->resume_from_seq, o->probe_ms, o->on_loss};
     if ((rc = sbc_sub_new(&s->engine, &t, &cfg)) != SB_OK)
         goto fail;
+    sbc_curve_wipe(&curve);
     *out = s;
     return SB_OK;
 fail:
+    sbc_curve_wipe(&curve);
     sb_subscriber_destroy(&s);
     return rc;
 }

@@ -37,7 +37,7 @@ struct sbc_query {
 
 sb_err
 sbc_query_new(sbc_query **out, void *zctx, const char *endpoint,
-              int timeout_ms)
+              int timeout_ms, const sbc_curve *curve)
 {
     sbc_query *q = calloc(1, sizeof *q);
     int linger = 0, hwm = 1000;
@@ -48,7 +48,8 @@ sbc_query_new(sbc_query **out, void *zctx, const char *endpoint,
     q->next_id = 1;
     if ((q->sock = zmq_socket(zctx, ZMQ_DEALER)) == NULL ||
         zmq_setsockopt(q->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_setsockopt(q->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0) {
+        zmq_setsockopt(q->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
+        (curve != NULL && sbc_curve_apply(q->sock, curve) != SB_OK)) {
         sbc_query_destroy(&q);
         return SB_ESYS;
     }

@@ -4,12 +4,14 @@
 #ifndef SBC_QUERY_H
 #define SBC_QUERY_H
 
+#include "sbc_curve.h"
 #include "sbc_sub.h"
 
 typedef struct sbc_query sbc_query;
 
+/* curve: NULL or off for a plain connection. */
 sb_err sbc_query_new(sbc_query **out, void *zctx, const char *endpoint,
-                     int timeout_ms);
+                     int timeout_ms, const sbc_curve *curve);
 void sbc_query_destroy(sbc_query **qp);
 sb_err sbc_query_hello(sbc_query *q, sbc_hello_info *h, int wait_ms,
                        int fresh);

@@ -175,6 +175,8 @@ sbc_err_from_wire(int code)
         return SB_EPROTO;
     case SNAPBUS__ERROR_CODE__ERR_OUT_OF_RETENTION:
         return SB_ENOENT;
+    case SNAPBUS__ERROR_CODE__ERR_BEYOND_DEDUP_HORIZON:
+        return SB_EHORIZON;
     case SNAPBUS__ERROR_CODE__ERR_WRONG_SHARD:
         return SB_EWRONGSHARD;
     }

@@ -13,6 +13,7 @@ client-side conditions (try again, timeout, protocol violation, data lost).
     │   ├── BadVersionError         ERR_BAD_VERSION      (8)
     │   ├── OutOfRetentionError     ERR_OUT_OF_RETENTION (9)
     │   │   └── DataLostError       a subscriber could not fill a gap
+    │   ├── BeyondDedupHorizonError ERR_BEYOND_DEDUP_HORIZON (10) see docs/PUBLISHING.md
     │   ├── WrongShardError         ERR_WRONG_SHARD      (11) see snapbus.shard_of
     │   └── UnknownBrokerError      a code this client does not know
     ├── TryAgain                    a non-blocking call would have to wait
@@ -28,7 +29,8 @@ an otherwise accepted publish was (``EventResult.error``).
 __all__ = [
     "SnapbusError", "BrokerError", "InvalidError", "TooLargeError", "UnauthorizedError",
     "DuplicateError", "StorageFullError", "ShuttingDownError", "UnsupportedError",
-    "BadVersionError", "OutOfRetentionError", "DataLostError", "WrongShardError",
+    "BadVersionError", "OutOfRetentionError", "DataLostError",
+    "BeyondDedupHorizonError", "WrongShardError",
     "UnknownBrokerError",
     "TryAgain", "AckTimeout", "ProtocolError", "BrokerRestarted", "error_for",
 ]
@@ -116,6 +118,15 @@ class DataLostError(OutOfRetentionError):
         self.losses = list(losses)
 
 
+class BeyondDedupHorizonError(BrokerError):
+    """The event's producer seq is older than what the broker's
+    de-duplication index remembers of its producer: the broker cannot tell
+    whether it was accepted before, so it took nothing (per event). Do not
+    resend it as it is: it was most likely accepted long ago
+    (docs/PUBLISHING.md, sizing the horizon)."""
+    code, name = 10, "ERR_BEYOND_DEDUP_HORIZON"
+
+
 class WrongShardError(BrokerError):
     """The event's aggregate belongs to another broker: aggregates are
     spread over several (docs/SCALING.md); pick it with ``shard_of``."""
@@ -128,7 +139,8 @@ class UnknownBrokerError(BrokerError):
 
 _BY_CODE = {c.code: c for c in (InvalidError, TooLargeError, UnauthorizedError, DuplicateError,
                                  StorageFullError, ShuttingDownError, UnsupportedError,
-                                 BadVersionError, OutOfRetentionError, WrongShardError)}
+                                 BadVersionError, OutOfRetentionError,
+                                 BeyondDedupHorizonError, WrongShardError)}
 
 
 def error_for(code, detail="", scope="request", request_id=0, **extra):

@@ -1,6 +1,9 @@
 """Publisher against the real broker: ack levels, window, wire batching,
 non-blocking send, typed errors, producer fields, resends, 100,000 events."""
 
+import os
+import shutil
+import tempfile
 import time
 import unittest
 
@@ -220,24 +223,47 @@ class TestWindowAndBackpressure(unittest.TestCase):
 
 class TestResend(unittest.TestCase):
     def test_duplicate_resend(self):
-        # PROTOCOL.md section 6.4: this broker does not de-duplicate, so a
-        # resend with the same producer id/seq and event id is accepted as
-        # a new event with a new seq, and subscribers see both copies with
-        # the same identifiers (to drop the second themselves).
+        # PUBLISHING.md: a resend with the same producer id/seq and event
+        # id is answered ERR_DUPLICATE carrying the original seq; nothing
+        # new is sequenced and subscribers see the event once.
         sub = snapbus.Subscriber(B.pub, B.query, exact=["dup/x"])
         p = snapbus.Publisher(B.ingest, producer_id="resender")
+        strict = snapbus.Publisher(B.ingest, producer_id="resender",
+                                   duplicate_is_error=True)
         try:
             first = p.publish("dup/x", "T", b"payload", event_id="order-17", producer_seq=17)
             again = p.publish("dup/x", "T", b"payload", event_id="order-17", producer_seq=17)
-            self.assertFalse(again.duplicate)
-            self.assertGreater(again.seq, first.seq)
+            self.assertFalse(first.duplicate)
+            self.assertTrue(again.duplicate)
+            self.assertEqual((again.seq, again.aggregate_seq),
+                             (first.seq, first.aggregate_seq))
+            with self.assertRaises(snapbus.DuplicateError) as cm:
+                strict.publish("dup/x", "T", b"payload", producer_seq=17)
+            self.assertEqual(cm.exception.seq, first.seq)
+            # Only the event id: still the original.
+            by_id = p.publish("dup/x", "T", b"payload", event_id="order-17",
+                              producer_seq=18)
+            self.assertTrue(by_id.duplicate)
+            self.assertEqual(by_id.seq, first.seq)
+            marker = p.publish("dup/x", "T", b"end", producer_seq=19)
             evs = drain(sub, 2)
-            self.assertEqual([e.seq for e in evs], [first.seq, again.seq])
-            self.assertEqual({(e.event_id, e.producer_id, e.producer_seq) for e in evs},
-                             {("order-17", "resender", 17)})
+            self.assertEqual([e.seq for e in evs], [first.seq, marker.seq])
+            self.assertEqual(marker.seq, first.seq + 1)  # no seq was used up
         finally:
             p.close()
+            strict.close()
             sub.close()
+
+    def test_beyond_the_horizon(self):
+        # The broker runs with its default window (65536 producer seqs per
+        # producer): a seq below hi - window + 1 is refused, typed.
+        p = snapbus.Publisher(B.ingest, producer_id="horizon-py")
+        try:
+            p.publish("dup/h", "T", b"x", producer_seq=100000)
+            with self.assertRaises(snapbus.BeyondDedupHorizonError):
+                p.publish("dup/h", "T", b"x", producer_seq=5)
+        finally:
+            p.close()
 
 
 class TestCurveOptions(unittest.TestCase):
@@ -263,6 +289,65 @@ class TestCurveOptions(unittest.TestCase):
         spub, _ = zmq.curve_keypair()
         with self.assertRaises(snapbus.AckTimeout):
             snapbus.Publisher(B.ingest, server_public_key=spub, hello_timeout=0.5)
+
+
+class TestAgainstCurveBroker(unittest.TestCase):
+    """The keyword arguments against a broker that runs CURVE with
+    allowlists (docs/SECURITY.md): listed keys publish and subscribe
+    (the subscriber's query socket included), a subscriber's key cannot
+    publish, a plain client gets nothing in."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="sbpy-curve.")
+        self.srv_pub, srv_sec = zmq.curve_keypair()
+        self.pub_pub, self.pub_sec = zmq.curve_keypair()
+        self.sub_pub, self.sub_sec = zmq.curve_keypair()
+        paths = {}
+        for name, text in (("server.key", b"# secret\n" + srv_sec + b"\n"),
+                           ("pubs.keys", self.pub_pub + b" # publisher\n"),
+                           ("subs.keys", self.sub_pub + b"\n")):
+            paths[name] = os.path.join(self.dir, name)
+            with open(paths[name], "wb") as f:
+                f.write(text)
+        self.b = _broker.Broker("--default-delay-ms", "0",
+                                "--secret-key-file", paths["server.key"],
+                                "--publisher-keys", paths["pubs.keys"],
+                                "--subscriber-keys", paths["subs.keys"])
+
+    def tearDown(self):
+        self.b.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def test_listed_keys_work_and_roles_hold(self):
+        b = self.b
+        sub = snapbus.Subscriber(b.pub, b.query, prefixes=["py-curve/"],
+                                 server_public_key=self.srv_pub,
+                                 public_key=self.sub_pub, secret_key=self.sub_sec)
+        p = snapbus.Publisher(b.ingest, ack=AckLevel.SEQUENCED,
+                              server_public_key=self.srv_pub,
+                              public_key=self.pub_pub, secret_key=self.pub_sec)
+        try:
+            got = []
+            end = time.monotonic() + 20
+            while not got and time.monotonic() < end:
+                r = p.send("py-curve/1", "T", b"secret stuff")
+                self.assertTrue(p.flush(timeout=10))
+                self.assertGreater(r.result().seq, 0)
+                bt = sub.recv(timeout=0.5)
+                while bt is not None:
+                    got += [e.payload for e in bt.events]
+                    bt = sub.recv(timeout=0.2)
+            self.assertIn(b"secret stuff", got)
+        finally:
+            p.close()
+            sub.close()
+        # A plain client and a subscriber's key get nothing in.
+        with self.assertRaises(snapbus.AckTimeout):
+            snapbus.Publisher(b.ingest, hello_timeout=0.5)
+        with self.assertRaises(snapbus.AckTimeout):
+            snapbus.Publisher(b.ingest, server_public_key=self.srv_pub,
+                              public_key=self.sub_pub, secret_key=self.sub_sec,
+                              hello_timeout=0.5)
 
 
 class TestHundredThousand(unittest.TestCase):
