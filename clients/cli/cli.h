@@ -3,6 +3,7 @@
 #ifndef SB_CLI_H
 #define SB_CLI_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +41,25 @@ void cli_json_escape(FILE *f, const void *p, size_t n);
 void cli_hex(FILE *f, const void *p, size_t n);
 
 uint64_t cli_now_ns(void);
+
+/* Subscribing, shared by sub and record (cli_subscribe.c). */
+typedef struct {
+    const char **prefix; /* -p, repeatable */
+    const char **exact;  /* -x, repeatable */
+    int np, nx;
+} cli_topics;
+
+int cli_topics_init(cli_topics *t, int argc);
+void cli_topics_free(cli_topics *t);
+/* A subscriber on every topic of t, or on everything if t has none. */
+sb_err cli_subscriber_open(sb_subscriber **out, const sb_subscriber_opts *so,
+                           const cli_topics *t);
+/* Set by SIGINT/SIGTERM once cli_stop_on_signals was called; blocking
+ * waits return early (no SA_RESTART). */
+extern volatile sig_atomic_t cli_stop;
+void cli_stop_on_signals(void);
+/* After recv returned SB_ENOENT: one line on stderr saying what was lost. */
+void cli_report_loss(const char *who, const sb_subscriber *s);
 
 /* `snapbus keygen NAME` (cli_keys.c). */
 int cli_keygen(int argc, char **argv);

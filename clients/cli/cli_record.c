@@ -15,15 +15,6 @@
 #include "cli_rec.h"
 #include "snapbus.h"
 
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
 static void
 s_help(FILE *f)
 {
@@ -139,16 +130,12 @@ cli_record(int argc, char **argv)
     sb_subscriber_opts so;
     cli_curve ck = {0};
     const char *outpath = NULL;
-    char **prefixes = calloc((size_t)argc + 1, sizeof *prefixes);
-    char **exacts = calloc((size_t)argc + 1, sizeof *exacts);
-    int np = 0, nx = 0, c, rc = CLI_OK, timeout_ms = -1, gen = 0;
+    cli_topics t;
+    int c, rc = CLI_OK, timeout_ms = -1, gen = 0;
     uint64_t count = 0, ngen = 0, k = 16, size = 100, v;
 
-    if (prefixes == NULL || exacts == NULL) {
-        free(prefixes);
-        free(exacts);
+    if (cli_topics_init(&t, argc) != 0)
         return CLI_FAILED;
-    }
     sb_subscriber_opts_defaults(&so);
     while (rc == CLI_OK &&
            (c = getopt_long(argc, argv, "o:e:Q:p:x:r:n:T:g:k:s:H:h", lo,
@@ -166,10 +153,10 @@ cli_record(int argc, char **argv)
             so.query_endpoint = optarg;
             break;
         case 'p':
-            prefixes[np++] = optarg;
+            t.prefix[t.np++] = optarg;
             break;
         case 'x':
-            exacts[nx++] = optarg;
+            t.exact[t.nx++] = optarg;
             break;
         case 'r':
             if (cli_parse_u64(optarg, &so.resume_from_seq) != 0 ||
@@ -204,8 +191,7 @@ cli_record(int argc, char **argv)
             break;
         case 'h':
             s_help(stdout);
-            free(prefixes);
-            free(exacts);
+            cli_topics_free(&t);
             return CLI_OK;
         default:
             rc = CLI_USAGE;
@@ -219,22 +205,19 @@ cli_record(int argc, char **argv)
             fprintf(stderr, "snapbus record: --resume needs --query\n");
         else
             s_help(stderr);
-        free(prefixes);
-        free(exacts);
+        cli_topics_free(&t);
         return CLI_USAGE;
     }
     FILE *out = stdout;
     if (outpath != NULL && (out = fopen(outpath, "wb")) == NULL) {
         fprintf(stderr, "snapbus record: %s: %s\n", outpath, strerror(errno));
-        free(prefixes);
-        free(exacts);
+        cli_topics_free(&t);
         return CLI_FAILED;
     }
     if (outpath == NULL && isatty(STDOUT_FILENO)) {
         fprintf(stderr, "snapbus record: the replay file is binary: "
                         "redirect stdout or use -o FILE\n");
-        free(prefixes);
-        free(exacts);
+        cli_topics_free(&t);
         return CLI_USAGE;
     }
     static char iobuf[1 << 20];
@@ -247,29 +230,19 @@ cli_record(int argc, char **argv)
     }
 
     sb_subscriber *s = NULL;
-    sb_err e = rc == CLI_OK ? sb_subscriber_new(&s, &so) : SB_OK;
-    for (int i = 0; rc == CLI_OK && e == SB_OK && i < np; i++)
-        e = sb_subscriber_subscribe(s, prefixes[i]);
-    for (int i = 0; rc == CLI_OK && e == SB_OK && i < nx; i++)
-        e = sb_subscriber_subscribe_exact(s, exacts[i]);
-    if (rc == CLI_OK && e == SB_OK && np + nx == 0)
-        e = sb_subscriber_subscribe(s, "");
+    sb_err e = rc == CLI_OK ? cli_subscriber_open(&s, &so, &t) : SB_OK;
     if (e != SB_OK) {
         fprintf(stderr, "snapbus record: %s: %s\n", so.endpoint,
                 sb_strerror(e));
         rc = e == SB_EINVAL ? CLI_USAGE : CLI_FAILED;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal; /* no SA_RESTART: the wait must end */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    cli_stop_on_signals();
     uint64_t events = 0;
-    while (rc == CLI_OK && !s_stop && (count == 0 || events < count)) {
+    while (rc == CLI_OK && !cli_stop && (count == 0 || events < count)) {
         sb_snapshot *b;
         e = sb_subscriber_recv(s, &b, timeout_ms);
         if (e == SB_EAGAIN) {
-            if (timeout_ms >= 0 && !s_stop) {
+            if (timeout_ms >= 0 && !cli_stop) {
                 fprintf(stderr, "snapbus record: no batch for %d ms\n",
                         timeout_ms);
                 rc = CLI_FAILED;
@@ -277,13 +250,7 @@ cli_record(int argc, char **argv)
             continue;
         }
         if (e == SB_ENOENT) {
-            sb_loss l;
-            if (sb_subscriber_loss(s, &l) == SB_OK)
-                fprintf(stderr,
-                        "snapbus record: lost (out of retention): aggregate=%s "
-                        "seqs %" PRIu64 "..%" PRIu64 "\n",
-                        l.aggregate[0] ? l.aggregate : "*", l.from_seq,
-                        l.to_seq);
+            cli_report_loss("snapbus record", s);
             rc = CLI_FAILED; /* a recording with a hole is not a history */
             break;
         }
@@ -320,7 +287,6 @@ done:
         fprintf(stderr, "snapbus record: write: %s\n", strerror(errno));
         rc = CLI_FAILED;
     }
-    free(prefixes);
-    free(exacts);
+    cli_topics_free(&t);
     return rc;
 }

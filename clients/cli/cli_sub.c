@@ -1,6 +1,7 @@
 /* snapbus sub: prints snapshot batches from the broker's PUB socket, as
  * text or as one JSON object per line, until --count batches or SIGINT /
- * SIGTERM (checked between waits: recv returns SB_EAGAIN on a signal). */
+ * SIGTERM (checked between waits: recv returns SB_EAGAIN on a signal).
+ * Lossless (gaps filled over the query socket) unless told otherwise. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -9,15 +10,6 @@
 
 #include "cli.h"
 #include "snapbus.h"
-
-static volatile sig_atomic_t s_stop;
-
-static void
-s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
 
 static const char *
 s_close_name(int r)
@@ -151,6 +143,10 @@ s_help(FILE *f)
             "\n"
             "options:\n"
             "  -e, --endpoint EP    broker PUB (default tcp://127.0.0.1:7702)\n"
+            "  -Q, --query EP       broker query socket, to fill gaps (default\n"
+            "                       tcp://127.0.0.1:7703 when -e is not given)\n"
+            "      --no-fill        no gap fill: a missed batch is reported as\n"
+            "                       lost (stderr) instead of fetched\n"
             "  -p, --prefix P       aggregates whose name starts with P\n"
             "                       (default: all; repeatable)\n"
             "  -x, --exact NAME     exactly aggregate NAME (repeatable)\n"
@@ -158,7 +154,11 @@ s_help(FILE *f)
             "  -T, --timeout-ms MS  stop after MS without a batch (exit 3)\n"
             "  -j, --json           one JSON object per batch per line\n"
             CLI_CURVE_HELP
-            "  -h, --help           this help\n");
+            "  -h, --help           this help\n"
+            "\n"
+            "Batches the PUB socket dropped (a slow terminal, a burst) are\n"
+            "fetched from the broker and printed in order; what the broker no\n"
+            "longer retains is reported on stderr and skipped.\n");
 }
 
 int
@@ -166,6 +166,8 @@ cli_sub(int argc, char **argv)
 {
     static const struct option lo[] = {
         {"endpoint", required_argument, NULL, 'e'},
+        {"query", required_argument, NULL, 'Q'},
+        {"no-fill", no_argument, NULL, 'F'},
         {"prefix", required_argument, NULL, 'p'},
         {"exact", required_argument, NULL, 'x'},
         {"count", required_argument, NULL, 'n'},
@@ -177,31 +179,34 @@ cli_sub(int argc, char **argv)
     sb_subscriber_opts so;
     cli_curve ck = {0};
     uint64_t count = 0, got = 0;
-    int c, json = 0, timeout_ms = -1, nsubs = 0;
+    int c, json = 0, timeout_ms = -1, no_fill = 0, endpoint_given = 0;
+    const char *query = NULL;
     /* Subscriptions are set after the socket exists; remember them. */
-    char **prefixes = calloc((size_t)argc, sizeof *prefixes);
-    char **exacts = calloc((size_t)argc, sizeof *exacts);
-    int np = 0, nx = 0, rc = CLI_OK;
+    cli_topics t;
+    int rc = CLI_OK;
 
-    if (prefixes == NULL || exacts == NULL) {
-        free(prefixes);
-        free(exacts);
+    if (cli_topics_init(&t, argc) != 0)
         return CLI_FAILED;
-    }
     sb_subscriber_opts_defaults(&so);
-    so.query_endpoint = NULL;
-    while ((c = getopt_long(argc, argv, "e:p:x:n:T:jh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "e:Q:p:x:n:T:jh", lo, NULL)) != -1) {
         if (cli_curve_opt(&ck, c, optarg))
             continue;
         switch (c) {
         case 'e':
             so.endpoint = optarg;
+            endpoint_given = 1;
+            break;
+        case 'Q':
+            query = optarg;
+            break;
+        case 'F':
+            no_fill = 1;
             break;
         case 'p':
-            prefixes[np++] = optarg;
+            t.prefix[t.np++] = optarg;
             break;
         case 'x':
-            exacts[nx++] = optarg;
+            t.exact[t.nx++] = optarg;
             break;
         case 'n':
             if (cli_parse_u64(optarg, &count) != 0 || count == 0) {
@@ -235,54 +240,49 @@ cli_sub(int argc, char **argv)
                     argv[optind]);
             rc = CLI_USAGE;
         }
-        free(prefixes);
-        free(exacts);
+        cli_topics_free(&t);
         return rc < 0 ? CLI_OK : rc;
     }
 
     if (cli_curve_load(&ck, "snapbus sub", &so.curve) != 0) {
-        free(prefixes);
-        free(exacts);
+        cli_topics_free(&t);
         return CLI_USAGE;
     }
+    /* A broker's query endpoint cannot be guessed from another PUB
+     * endpoint; the defaults are one broker's pair. */
+    if (!no_fill)
+        so.query_endpoint =
+            query ? query : endpoint_given ? NULL : "tcp://127.0.0.1:7703";
+    if (!no_fill && so.query_endpoint == NULL)
+        fprintf(stderr, "snapbus sub: no --query: missed batches are "
+                        "reported, not fetched\n");
     sb_subscriber *s;
-    sb_err e = sb_subscriber_new(&s, &so);
+    sb_err e = cli_subscriber_open(&s, &so, &t);
+    cli_topics_free(&t);
     if (e != SB_OK) {
         fprintf(stderr, "snapbus sub: %s: %s\n", so.endpoint, sb_strerror(e));
-        free(prefixes);
-        free(exacts);
         return e == SB_EINVAL ? CLI_USAGE : CLI_FAILED;
     }
-    for (int i = 0; i < np && e == SB_OK; i++, nsubs++)
-        e = sb_subscriber_subscribe(s, prefixes[i]);
-    for (int i = 0; i < nx && e == SB_OK; i++, nsubs++)
-        e = sb_subscriber_subscribe_exact(s, exacts[i]);
-    if (e == SB_OK && nsubs == 0)
-        e = sb_subscriber_subscribe(s, "");
-    free(prefixes);
-    free(exacts);
-    if (e != SB_OK) {
-        fprintf(stderr, "snapbus sub: subscribe: %s\n", sb_strerror(e));
-        sb_subscriber_destroy(&s);
-        return CLI_USAGE;
-    }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal; /* no SA_RESTART: the wait must end */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
-    while (!s_stop && (count == 0 || got < count)) {
+    cli_stop_on_signals();
+    while (!cli_stop && (count == 0 || got < count)) {
         sb_snapshot *b;
         e = sb_subscriber_recv(s, &b, timeout_ms);
         if (e == SB_EAGAIN) {
-            if (timeout_ms >= 0 && !s_stop) {
+            if (timeout_ms >= 0 && !cli_stop) {
                 fprintf(stderr, "snapbus sub: no batch for %d ms\n",
                         timeout_ms);
                 rc = CLI_FAILED;
                 break;
             }
+            continue;
+        }
+        if (e == SB_ENOENT) { /* reported; the next recv goes on */
+            cli_report_loss("snapbus sub", s);
+            continue;
+        }
+        if (e == SB_ERESTART) {
+            fprintf(stderr, "snapbus sub: the broker restarted\n");
             continue;
         }
         if (e != SB_OK) {
