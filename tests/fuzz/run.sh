@@ -11,12 +11,15 @@
 #   bash tests/fuzz/run.sh            # CI: 60 s each
 #   bash tests/fuzz/run.sh 3600       # an hour each (docs/FUZZING.md)
 #   bash tests/fuzz/run.sh 600 wire   # only some harnesses
+#   SB_FUZZ_RUNS=10000000 bash tests/fuzz/run.sh 3600   # each stops at
+#                                     # 10 million executions or an hour
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 shift || true
 dir=${SB_FUZZ_BUILD:-build-fuzz}
 jobs=${SB_FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
+runs=${SB_FUZZ_RUNS:--1}
 
 cmake -S . -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DSB_FUZZ=ON >/dev/null
@@ -39,7 +42,7 @@ run_one() {
     for d in "tests/fuzz/corpus/$name" "tests/fuzz/regressions/$name"; do
         if [ -d "$d" ]; then dirs+=("$d"); fi
     done
-    "$dir/fuzz/fuzz_$name" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+    "$dir/fuzz/fuzz_$name" -max_total_time="$secs" -runs="$runs" -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$out/$name-" "${dirs[@]}" >"$out/$name.log" 2>&1
 }
 

@@ -1,13 +1,16 @@
+#define _GNU_SOURCE /* nftw */
 #include "harness.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -46,6 +49,29 @@ s_read_ready(sbt_broker *b, const char *path)
     return b->ingest[0] && b->pub[0] && b->query[0] ? 0 : -1;
 }
 
+/* The brokers' data directories, removed when the test program ends: a
+ * log reserves two 64 MiB files, so a suite run over and over would fill
+ * the disk. broker.log stays, for a failed test to be read. */
+static char s_data_dirs[256][128]; /* as sbt_broker_start's paths */
+static int s_ndata_dirs;
+
+static int
+s_remove(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void) st;
+    (void) flag;
+    (void) f;
+    remove(path);
+    return 0;
+}
+
+static void
+s_remove_data_dirs(void)
+{
+    for (int i = 0; i < s_ndata_dirs; i++)
+        nftw(s_data_dirs[i], s_remove, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int
 sbt_broker_start(sbt_broker *b, const char *const *extra)
 {
@@ -59,6 +85,10 @@ sbt_broker_start(sbt_broker *b, const char *const *extra)
         return -1;
     snprintf(ready, sizeof ready, "%s/ready", b->dir);
     snprintf(data, sizeof data, "%s/data", b->dir);
+    if (s_ndata_dirs == 0)
+        atexit(s_remove_data_dirs);
+    if (s_ndata_dirs < 256)
+        snprintf(s_data_dirs[s_ndata_dirs++], sizeof s_data_dirs[0], "%s", data);
     snprintf(log, sizeof log, "%s/broker.log", b->dir);
     argv[n++] = SNAPBUSD_PATH;
     argv[n++] = "--ingest"; argv[n++] = "tcp://127.0.0.1:*";
@@ -70,10 +100,17 @@ sbt_broker_start(sbt_broker *b, const char *const *extra)
         argv[n++] = extra[i];
     argv[n] = NULL;
 
+    pid_t parent = getpid();
     b->pid = fork();
     if (b->pid < 0)
         return -1;
     if (b->pid == 0) {
+        /* A test that dies (a sanitizer's abort, a crash) must not leave
+         * its broker behind: it would hold ctest's output pipe open, and
+         * ctest would wait for it until its timeout. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 2);

@@ -20,7 +20,7 @@ typedef struct {
     const char *endpoint;
     uint64_t want;
     uint8_t *seen;   /* [want+1] */
-    uint64_t events;
+    atomic_uint_fast64_t events; /* the test thread watches it grow */
     uint64_t dups;
     uint64_t shutdown_batches;
     atomic_int stop;
@@ -40,7 +40,7 @@ s_sub(void *arg)
     if (sb_subscriber_new(&sub, &o) != SB_OK || sb_subscriber_subscribe(sub, "") != SB_OK)
         return NULL;
     atomic_store(&s->ready, 1);
-    while (!atomic_load(&s->stop) && s->events < s->want) {
+    while (!atomic_load(&s->stop) && atomic_load(&s->events) < s->want) {
         sb_snapshot *b;
         if (sb_subscriber_recv(sub, &b, 100) != SB_OK)
             continue;
@@ -50,7 +50,7 @@ s_sub(void *arg)
             sb_snapshot_event e;
             sb_snapshot_event_get(b, i, &e);
             if (e.seq >= 1 && e.seq <= s->want && s->seen[e.seq]++ == 0)
-                s->events++;
+                atomic_fetch_add(&s->events, 1);
             else
                 s->dups++;
         }
@@ -74,7 +74,7 @@ typedef struct {
     int n;
     int aggs;
     int rc;
-    uint64_t acked;
+    atomic_uint_fast64_t acked; /* by the ack callback; the test reads it */
     uint64_t waits;
 } pub_ctx;
 
@@ -83,7 +83,7 @@ s_count(const sb_ack_info *a, void *arg)
 {
     pub_ctx *p = arg;
     if (a->err == SB_OK)
-        p->acked++;
+        atomic_fetch_add(&p->acked, 1);
 }
 
 static void *
@@ -147,14 +147,14 @@ test_burst_through_tiny_queues(void **state)
         pthread_join(pt[i], NULL);
         assert_int_equal(p[i].rc, SB_OK);
     }
-    assert_int_equal(p[1].acked, N);
+    assert_int_equal(atomic_load(&p[1].acked), N);
     uint64_t deadline = sbt_now_ms() + 120000;
-    while (s.events < s.want && sbt_now_ms() < deadline)
+    while (atomic_load(&s.events) < s.want && sbt_now_ms() < deadline)
         usleep(10000);
     atomic_store(&s.stop, 1);
     pthread_join(st, NULL);
     long rss = sbt_broker_vmhwm_kb(&b);
-    assert_int_equal(s.events, 2 * N);
+    assert_int_equal(atomic_load(&s.events), 2 * N);
     assert_int_equal(s.dups, 0);
     assert_int_equal(sbt_broker_stop(&b, 60), 0);
     printf("# 200000 events through queues of 4: lost 0, dup 0, publisher waits %llu+%llu, broker VmHWM %ld KiB\n",
@@ -182,18 +182,18 @@ test_shutdown_flushes_open_batches(void **state)
     p = (pub_ctx){b.ingest, SB_ACK_PUBLISHED, N, 10, 0, 0, 0};
     pthread_create(&pt, NULL, s_pub, &p);
     usleep(500000);
-    assert_int_equal(s.events, 0); /* still held: a minute to go */
-    assert_int_equal(p.acked, 0);
+    assert_int_equal(atomic_load(&s.events), 0); /* still held: a minute to go */
+    assert_int_equal(atomic_load(&p.acked), 0);
     assert_int_equal(sbt_broker_stop(&b, 60), 0);
     pthread_join(pt, NULL);
     assert_int_equal(p.rc, SB_OK);
-    assert_int_equal(p.acked, N);
+    assert_int_equal(atomic_load(&p.acked), N);
     uint64_t deadline = sbt_now_ms() + 30000;
-    while (s.events < s.want && sbt_now_ms() < deadline)
+    while (atomic_load(&s.events) < s.want && sbt_now_ms() < deadline)
         usleep(10000);
     atomic_store(&s.stop, 1);
     pthread_join(st, NULL);
-    assert_int_equal(s.events, N);
+    assert_int_equal(atomic_load(&s.events), N);
     assert_int_equal(s.dups, 0);
     assert_int_equal(s.shutdown_batches, 10); /* one per aggregate */
     free(s.seen);

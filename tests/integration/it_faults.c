@@ -95,7 +95,7 @@ typedef struct {
     atomic_int returned;   /* publish calls that returned */
     atomic_int in_publish; /* 1 while inside sb_publisher_publish */
     atomic_int done;
-    sb_err rc;
+    atomic_int rc; /* an sb_err; the test looks at it while publish waits */
     uint64_t acked;
 } pub_ctx;
 
@@ -167,15 +167,20 @@ s_full(const char *body, const char *q)
 }
 
 /* Reads /metrics until the held queue and every queue before it, back to
- * the ingest, are at their bound (bounded wait: a broken build must not
- * hang the suite; the assertion is on the state). */
+ * the ingest, are at their bound, and the held queue and the one before
+ * it have refused their producers (a queue can be seen at its bound
+ * before its producer tries again: so under ThreadSanitizer). Bounded
+ * wait: a broken build must not hang the suite; the assertion is on the
+ * state. */
 static int
 s_wait_backpressure(const sbt_broker *b, char *body)
 {
     for (int i = 0; i < 3000; i++) {
         if (sbt_http_get(b->metrics, "/metrics", body, S_BODY, 5000) == 200 &&
             s_full(body, HELD) && s_full(body, "sequencer->logstore") &&
-            s_full(body, "ingest->sequencer"))
+            s_full(body, "ingest->sequencer") &&
+            s_metric(body, "snapbus_queue_full_total", HELD) > 0 &&
+            s_metric(body, "snapbus_queue_full_total", "sequencer->logstore") > 0)
             return 0;
         usleep(10000);
     }

@@ -40,7 +40,7 @@ typedef struct {
 typedef struct {
     const char *prefix;
     uint32_t *who;        /* [TOTAL+1]: publisher*PER_PUB+i+1 of each seq */
-    uint64_t events;
+    atomic_uint_fast64_t events; /* the test thread watches it grow */
     uint64_t batches;
     uint64_t want;
     atomic_int stop;
@@ -128,7 +128,7 @@ s_subscriber(void *arg)
         s_violation(s, "subscriber setup failed");
         return NULL;
     }
-    while (!atomic_load(&s->stop) && s->events < s->want) {
+    while (!atomic_load(&s->stop) && atomic_load(&s->events) < s->want) {
         sb_snapshot *b;
         if (sb_subscriber_recv(sub, &b, 100) != SB_OK)
             continue;
@@ -181,7 +181,7 @@ s_subscriber(void *arg)
                         (unsigned long long) last_agg_seq[a]);
         if (sb_snapshot_last_seq(b) != last_seq[a])
             s_violation(s, "last_seq mismatch in %s", agg);
-        s->events += n;
+        atomic_fetch_add(&s->events, n);
         s->batches++;
         sb_snapshot_destroy(&b);
     }
@@ -260,7 +260,8 @@ test_four_publishers_two_subscribers(void **state)
     /* The subscribers stop when they have everything; the bound only keeps
      * a broken broker from hanging the suite. */
     uint64_t deadline = sbt_now_ms() + 120000;
-    while ((subs[0].events < subs[0].want || subs[1].events < subs[1].want) &&
+    while ((atomic_load(&subs[0].events) < subs[0].want ||
+            atomic_load(&subs[1].events) < subs[1].want) &&
            sbt_now_ms() < deadline)
         usleep(20000);
     for (int i = 0; i < 2; i++) {
@@ -270,8 +271,8 @@ test_four_publishers_two_subscribers(void **state)
             fail_msg("subscriber '%s': %d violations, first: %s", subs[i].prefix,
                      subs[i].violations, subs[i].first_violation);
     }
-    assert_int_equal(subs[0].events, TOTAL);
-    assert_int_equal(subs[1].events, want_prefix);
+    assert_int_equal(atomic_load(&subs[0].events), TOTAL);
+    assert_int_equal(atomic_load(&subs[1].events), want_prefix);
     /* Gap-free: every seq 1..TOTAL seen exactly once (twice was caught). */
     for (uint64_t s = 1; s <= TOTAL; s++)
         if (subs[0].who[s] == 0)
@@ -288,8 +289,10 @@ test_four_publishers_two_subscribers(void **state)
         }
     }
     printf("# %llu events in %llu batches (all), %llu in %llu (prefix a/1)\n",
-           (unsigned long long) subs[0].events, (unsigned long long) subs[0].batches,
-           (unsigned long long) subs[1].events, (unsigned long long) subs[1].batches);
+           (unsigned long long) atomic_load(&subs[0].events),
+           (unsigned long long) subs[0].batches,
+           (unsigned long long) atomic_load(&subs[1].events),
+           (unsigned long long) subs[1].batches);
     for (int i = 0; i < PUBS; i++)
         free(pubs[i].seq_of);
     for (int i = 0; i < 2; i++)
