@@ -1109,7 +1109,18 @@ s_rd_window(sb_store_reader *r, s_rseg *g, uint64_t off, size_t len,
         *got = len;
         return SB_OK;
     }
-    want = len > S_READ_CHUNK ? len : S_READ_CHUNK;
+    /* A whole chunk, but no more than the file holds past off: the tail
+     * of a log (or a small segment) needs no S_READ_CHUNK buffer, and a
+     * damaged length field no buffer of its size, only the bytes there
+     * are (fewer than len: the caller sees a cut-off record). */
+    if (off + len > g->size && s_rseg_fd(r, g) == SB_OK)
+        (void)sb_os_fstat(g->fd, &g->size, &g->mtime_ms); /* grown? */
+    uint64_t avail = g->size > off ? g->size - off : 0;
+    want = avail < S_READ_CHUNK ? (size_t)avail : S_READ_CHUNK;
+    if (want < len && len <= avail)
+        want = len;
+    if (want < SB_STORE_REC_HDR)
+        want = SB_STORE_REC_HDR;
     if (r->bcap < want) {
         uint8_t *b2 = realloc(r->buf, want);
         if (b2 == NULL)
