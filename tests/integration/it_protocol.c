@@ -183,6 +183,64 @@ test_per_event_errors(void **state)
     s_close(c);
 }
 
+typedef struct {
+    int batches, events, other_aggs, bad_headers;
+} fetched;
+
+static void
+s_take(sb_snapshot *b, void *ctx)
+{
+    fetched *f = ctx;
+
+    f->batches++;
+    f->events += (int) sb_snapshot_count(b);
+    if (strcmp(sb_snapshot_aggregate(b), "fx/a") != 0)
+        f->other_aggs++;
+    if (sb_snapshot_last_seq(b) < sb_snapshot_first_seq(b) ||
+        sb_snapshot_first_seq(b) == 0)
+        f->bad_headers++;
+    sb_snapshot_destroy(&b);
+}
+
+/* libsnapbus's one-shot fetch: a prefix, exactly one aggregate, and the
+ * headers alone. */
+static void
+test_fetch_exact_and_headers_only(void **state)
+{
+    conn *c = s_connect(broker.ingest, ZMQ_DEALER);
+    Snapbus__Event e[3], *ev[3] = {&e[0], &e[1], &e[2]};
+    sb_fetch_opts o = {0};
+    sb_fetch_info info;
+    fetched all = {0}, exact = {0}, heads = {0};
+
+    (void) state;
+    s_ev(&e[0], "fx/a");
+    s_ev(&e[1], "fx/ab");
+    s_ev(&e[2], "fx/a");
+    Snapbus__Reply *rep = s_publish(c, 1, 3, ev, 3); /* ack published */
+    assert_int_equal(rep->error, SNAPBUS__ERROR_CODE__ERR_NONE);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rep->publish->results[i]->error,
+                         SNAPBUS__ERROR_CODE__ERR_NONE);
+    snapbus__reply__free_unpacked(rep, NULL);
+    s_close(c);
+
+    o.prefix = "fx/a";
+    assert_int_equal(sb_fetch(broker.query, &o, s_take, &all, &info, 10000), SB_OK);
+    assert_int_equal(all.events, 3); /* fx/a and fx/ab */
+    assert_int_equal(all.other_aggs, 1);
+    o.exact = 1;
+    assert_int_equal(sb_fetch(broker.query, &o, s_take, &exact, &info, 10000), SB_OK);
+    assert_int_equal(exact.events, 2);
+    assert_int_equal(exact.other_aggs, 0);
+    o.exact = 0;
+    o.headers_only = 1;
+    assert_int_equal(sb_fetch(broker.query, &o, s_take, &heads, &info, 10000), SB_OK);
+    assert_int_equal(heads.batches, all.batches);
+    assert_int_equal(heads.events, 0);
+    assert_int_equal(heads.bad_headers, 0);
+}
+
 /* A broker that is shard 2 of 4 takes only the aggregates sb_shard_of
  * gives it, refuses the others one by one, and says which shard it is. */
 static void
@@ -404,6 +462,7 @@ main(void)
         cmocka_unit_test(test_per_event_errors),
         cmocka_unit_test(test_req_peer_and_frames),
         cmocka_unit_test(test_wrong_shard),
+        cmocka_unit_test(test_fetch_exact_and_headers_only),
         cmocka_unit_test(test_fetch),
     };
     return cmocka_run_group_tests(t, setup, teardown);

@@ -338,6 +338,10 @@ typedef struct {
     uint32_t max_batches;    /* 0: broker default */
     uint32_t max_bytes;      /* 0: broker default */
     sb_curve_opts curve;     /* default (zeroed): none */
+    int exact;               /* only the aggregate named prefix */
+    /* Each batch cut to its header (aggregate, ids, seq range, chain; no
+     * events): a cheap look at what was published. */
+    int headers_only;
 } sb_fetch_opts;
 
 typedef struct {

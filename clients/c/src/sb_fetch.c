@@ -41,6 +41,8 @@ s_send_request(void *sock, const sb_fetch_opts *o)
     f.after_batch_id = o->after_batch_id;
     f.max_batches = o->max_batches;
     f.max_bytes = o->max_bytes;
+    f.exact = o->exact != 0;
+    f.headers_only = o->headers_only != 0;
 
     size_t len = snapbus__request__get_packed_size(&req);
     uint8_t *buf = malloc(len ? len : 1);
