@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 /* Exit codes. */
 enum {

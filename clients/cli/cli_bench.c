@@ -57,7 +57,7 @@
 #include <zmq.h>
 
 #include "cli.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define BENCH_MAX_SIZES 16
 #define BENCH_MAX_EXTRA 32

@@ -9,7 +9,7 @@
 #include <sys/types.h>
 
 #include "cli.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 typedef struct {
     int done;

@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define CLI_REC_MAGIC "SNAPBUS-REPLAY1\n"
 #define CLI_REC_MAGIC_LEN 16

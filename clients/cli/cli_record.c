@@ -13,7 +13,7 @@
 
 #include "cli.h"
 #include "cli_rec.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 static void
 s_help(FILE *f)

@@ -18,7 +18,7 @@
 #include "cli.h"
 #include "cli_rec.h"
 #include "sb_varint.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 /* ---- the file format -------------------------------------------------- */
 

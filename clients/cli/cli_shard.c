@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 static void
 s_usage(FILE *f)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 static const char *
 s_close_name(int r)

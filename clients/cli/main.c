@@ -9,7 +9,7 @@
 #include <time.h>
 
 #include "cli.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 static void
 s_usage(FILE *f)

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 /* ---- wire types: is every known field of the schema's type? ---------- */

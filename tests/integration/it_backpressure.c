@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 typedef struct {
     const char *endpoint;

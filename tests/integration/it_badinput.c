@@ -49,7 +49,7 @@
 #include <zmq.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 #define MAX_MSG 65536u

@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define AGGS 16
 #define MAX_EVENTS (4u << 20)

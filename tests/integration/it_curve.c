@@ -27,7 +27,7 @@
 #include <zmq.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 typedef struct {
     char pub[41], sec[41];

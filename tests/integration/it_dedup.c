@@ -28,7 +28,7 @@
 #include <zmq.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 #define REPLAY 100000

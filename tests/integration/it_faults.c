@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define HELD "logstore->router"
 #define S_BODY (256 * 1024)

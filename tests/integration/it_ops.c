@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define S_BODY (256 * 1024)
 

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 #define PUBS 4

@@ -13,7 +13,7 @@
 #include <zmq.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 static sbt_broker broker;

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #define SHARDS 3
 #define AGGS 300

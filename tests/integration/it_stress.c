@@ -45,7 +45,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 #ifndef SNAPBUS_CLI_PATH
 #error "it_stress needs the snapbus command-line tool"

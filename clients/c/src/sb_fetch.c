@@ -19,7 +19,7 @@
 
 #include "sbc_curve.h"
 #include "sbc_internal.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 #define SBC_FETCH_REQUEST_ID 1 /* one request per socket */

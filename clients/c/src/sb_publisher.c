@@ -63,7 +63,7 @@
 
 #include "sbc_curve.h"
 #include "sbc_internal.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
 /* Room for the Request and Publish headers: version (2 bytes), request_id

@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "sbc_internal.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 

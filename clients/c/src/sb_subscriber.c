@@ -25,7 +25,7 @@
 #include "sbc_internal.h"
 #include "sbc_query.h"
 #include "sbc_sub.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 struct sb_subscriber {
     void *zctx;

@@ -4,7 +4,7 @@
 #ifndef SBC_CURVE_H
 #define SBC_CURVE_H
 
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 typedef struct {
     int on;

@@ -12,7 +12,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "sb_varint.h"
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 /* ---- Arena ----------------------------------------------------------
  * protobuf-c allocates every sub-message, string and bytes field of a

@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "snapbus.h"
+#include <snapbus/snapbus.h>
 
 /* Batches asked for per fetch page (the broker may cap it lower). */
 #define SBC_PAGE 1000

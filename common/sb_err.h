@@ -3,6 +3,6 @@
 #ifndef SB_ERR_H
 #define SB_ERR_H
 
-#include "snapbus_common.h"
+#include <snapbus/snapbus_common.h>
 
 #endif
