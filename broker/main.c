@@ -29,6 +29,7 @@
 #include "sb_logstore.h"
 #include "sb_metrics.h"
 #include "sb_msg.h"
+#include "sb_os.h"
 #include "sb_fanout.h"
 #include "sb_router.h"
 #include "sb_sequencer.h"
@@ -37,6 +38,11 @@
 
 #define SB_VERSION "0.1.0"
 #define S_DRAIN_MS 60000
+/* Descriptors: connections are refused while fewer than S_FD_HEADROOM are
+ * left, and S_FD_SPARE of those are held open for the log's own use
+ * (docs/SECURITY.md, "Descriptors"). */
+#define S_FD_HEADROOM 64
+#define S_FD_SPARE 16
 
 extern char **environ;
 
@@ -214,9 +220,26 @@ main(int argc, char **argv)
     }
     /* Key files are part of the configuration: a bad one is refused here,
      * by --check-config too, before anything is bound. */
+    char perms_why[768] = "";
     if (cfg.secret_key_file[0] != '\0') {
         const char *lists[] = {cfg.publisher_keys, cfg.subscriber_keys,
                                cfg.query_keys};
+        /* As ssh and sshd: a secret others can read is refused, unless
+         * told otherwise (volume mounts that cannot set 0600). */
+        sb_err prc = sb_key_check_private(cfg.secret_key_file, perms_why,
+                                          sizeof perms_why);
+        if (prc == SB_EINVAL && !cfg.insecure_key_permissions) {
+            fprintf(stderr, "snapbusd: configuration: security.secret_key_file: "
+                    "%s (or accept it with --insecure-key-permissions, "
+                    "security.insecure_key_permissions = 1)\n", perms_why);
+            return 2;
+        }
+        if (prc == SB_EINVAL && check)
+            fprintf(stderr, "snapbusd: warning: security.secret_key_file: %s "
+                    "(accepted: security.insecure_key_permissions = 1)\n",
+                    perms_why);
+        if (prc != SB_EINVAL)
+            perms_why[0] = '\0';
         if (sb_key_read_file(cfg.secret_key_file, secret, why, sizeof why) != SB_OK) {
             fprintf(stderr, "snapbusd: configuration: security.secret_key_file: %s\n", why);
             return 2;
@@ -250,6 +273,31 @@ main(int argc, char **argv)
            (unsigned long long) cfg.retain_batches,
            (unsigned long long) cfg.retain_bytes,
            cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
+    if (perms_why[0] != '\0')
+        SB_LOG(SB_LOG_WARN, "security.insecure_key_permissions",
+               "why=\"%s\" accepted=\"security.insecure_key_permissions = 1\"",
+               perms_why);
+    if (cfg.metrics[0] != '\0' && !sb_config_metrics_local(&cfg))
+        SB_LOG(SB_LOG_WARN, "security.metrics_exposed",
+               "metrics=%s why=\"plaintext HTTP without authentication on an "
+               "address beyond loopback: it tells anyone who reaches it how "
+               "busy the broker is; keep it on a monitoring network (e.g. a "
+               "Kubernetes NetworkPolicy admitting only the scraper)\"",
+               cfg.metrics);
+    /* Before any thread: every thread shares the limit, and the spare
+     * descriptors are the lowest numbers. */
+    sb_os_fd_info fds;
+    if (sb_os_fd_init(S_FD_SPARE, &fds) == SB_OK)
+        SB_LOG(fds.soft < 1024 ? SB_LOG_WARN : SB_LOG_INFO, "broker.fds",
+               "limit=%llu was=%llu hard=%llu spare=%u headroom=%u "
+               "max_handshakes=%u handshake_ms=%u%s",
+               (unsigned long long) fds.soft,
+               (unsigned long long) fds.soft_before,
+               (unsigned long long) fds.hard, fds.reserve, S_FD_HEADROOM,
+               cfg.max_handshakes, cfg.handshake_ms,
+               fds.soft < 1024 ? " why=\"fewer than 1024 descriptors: raise "
+                                 "LimitNOFILE / ulimit -n (docs/SECURITY.md)\""
+                               : "");
 
     /* Signals are taken by this thread alone, with sigwait: every actor
      * thread inherits the blocked mask. */
@@ -289,15 +337,16 @@ main(int argc, char **argv)
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
         goto out;
     /* The ZAP handler before any CURVE socket: libzmq admits every CURVE
-     * client while none is bound. */
-    if (secret[0] != '\0') {
-        sb_auth_args aa = {ctx, {cfg.publisher_keys, cfg.subscriber_keys,
-                                 cfg.query_keys}};
-        if (sb_auth_new(&auth, &aa, why, sizeof why) != SB_OK) {
-            SB_LOG(SB_LOG_ERR, "auth.start", "why=\"%s\"", why);
-            goto out;
-        }
-    } else if (sb_config_exposed(&cfg)) {
+     * client while none is bound. The connection guard in the same actor
+     * watches every socket, with CURVE or without. */
+    sb_auth_args aa = {ctx, {cfg.publisher_keys, cfg.subscriber_keys,
+                             cfg.query_keys}, secret[0] != '\0',
+                       cfg.handshake_ms, cfg.max_handshakes, S_FD_HEADROOM};
+    if (sb_auth_new(&auth, &aa, why, sizeof why) != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "auth.start", "why=\"%s\"", why);
+        goto out;
+    }
+    if (secret[0] == '\0' && sb_config_exposed(&cfg)) {
         SB_LOG(SB_LOG_WARN, "security.insecure",
                "ingest=%s pub=%s query=%s why=\"no CURVE: anyone who can reach "
                "these addresses may publish and read (security.insecure = 1)\"",
@@ -376,6 +425,7 @@ main(int argc, char **argv)
     if (sb_ingest_new(&ingest, &ia) != SB_OK)
         goto out;
     /* Every socket holds its own copy now. */
+    int secret_on = secret[0] != '\0';
     explicit_bzero(secret, sizeof secret);
 
     if (metrics != NULL) {
@@ -386,7 +436,7 @@ main(int argc, char **argv)
                       l.dues, l.to_publisher, l.pub_replies, l.to_log,
                       l.log_batches, l.log_replies},
             .nlinks = 10, .log = sb_logstore_stats_get(logstore),
-            .auth = auth != NULL ? sb_auth_stats_get(auth) : NULL,
+            .auth = sb_auth_stats_get(auth),
             .dedup = dedup_stats};
         sb_metrics_attach(metrics, &ms);
     }
@@ -404,14 +454,14 @@ main(int argc, char **argv)
            "curve=%s",
            SB_VERSION, sb_ingest_endpoint(ingest), sb_fanout_pub_endpoint(pub),
            sb_fanout_query_endpoint(pub), cfg.data_dir, cfg.queue, cfg.hwm,
-           auth != NULL ? "on" : "off");
+           secret_on ? "on" : "off");
 
     int sig = 0;
     while (sig != SIGTERM && sig != SIGINT) {
         if (sigwait(&sigs, &sig) != 0)
             break;
         if (sig == SIGHUP) {
-            if (auth != NULL)
+            if (secret_on)
                 sb_auth_reload(auth); /* the outcome is logged by auth.* */
             else
                 SB_LOG(SB_LOG_NOTICE, "auth.reload_ignored", "why=\"no CURVE configured\"");

@@ -2,30 +2,66 @@
  *
  * Owns: the allowlists (one sb_keyset per role, replaced whole on reload),
  * the ZAP REP socket and one PAIR socket per role reading that socket's
- * monitor. All of it belongs to the handler thread once sb_auth_new has
- * returned; the lists are read in the caller's thread first only so that a
- * bad file stops the broker before it binds anything. Counters are atomics
- * read by the metrics thread. */
+ * monitor, and the guard's table of connections by descriptor. All of it
+ * belongs to the handler thread once sb_auth_new has returned; the lists
+ * are read in the caller's thread first only so that a bad file stops the
+ * broker before it binds anything. Counters are atomics read by the
+ * metrics thread. */
+#define _GNU_SOURCE /* malloc_trim */
 #include "sb_auth.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <zmq.h>
 
 #include "sb_actor.h"
 #include "sb_clock.h"
 #include "sb_keys.h"
 #include "sb_log.h"
+#include "sb_os.h"
 
 #define S_ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define S_MON_PREFIX "inproc://snapbus.auth.monitor."
 #define S_LOG_PER_S 5 /* refusal lines a second at most, all roles */
 #define S_CMD_RELOAD (SB_CMD_USER + 1)
 
+#define S_MON_EVENTS                                                          \
+    (ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_ACCEPT_FAILED | ZMQ_EVENT_DISCONNECTED |  \
+     ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |   \
+     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+/* Memory of dropped handshakes goes back to the kernel once drops have
+ * paused this long, or at the latest this long after the first. */
+#define S_TRIM_QUIET_MS 250
+#define S_TRIM_MAX_MS 2000
+
 static const char *const s_roles[SB_ROLE_COUNT] = {"publish", "subscribe",
                                                    "query"};
+static const char *const s_reasons[SB_CONN_NREASONS] = {
+    "key",       "mechanism", "mechanism_mismatch", "cryptographic",
+    "key_exchange", "malformed", "protocol",      "timeout",
+    "closed",    "dropped",   "handshake_cap",    "fd_headroom"};
+
+/* The settings sb_auth_server_socket applies: written by sb_auth_new
+ * before any socket thread starts (thread creation orders it), then only
+ * read. */
+static struct {
+    int active;
+    uint32_t handshake_ms;
+} s_sock_cfg;
+
+enum { S_FREE = 0, S_PENDING, S_DONE, S_REFUSED };
+
+typedef struct {
+    uint8_t state;
+    uint8_t role;
+    uint64_t accepted_ms;
+} s_conn;
 
 struct sb_auth {
     sb_actor *actor;
@@ -36,12 +72,26 @@ struct sb_auth {
     void *mon[SB_ROLE_COUNT];
     sb_auth_limit limit;
     sb_auth_stats st;
+    /* The guard: connections by descriptor (grown as descriptors are). */
+    s_conn *conns;
+    size_t nconns;
+    uint64_t pending;
+    int last_fail[SB_ROLE_COUNT];      /* reason just reported, or -1 */
+    uint64_t auth_unmatched[SB_ROLE_COUNT];
+    uint64_t trim_first_ms, trim_last_ms; /* 0: no trim due */
+    uint64_t next_tick_ms;
 };
 
 const char *
 sb_auth_role_name(sb_auth_role r)
 {
     return (unsigned) r < SB_ROLE_COUNT ? s_roles[r] : "unknown";
+}
+
+const char *
+sb_auth_reason_name(sb_conn_reason r)
+{
+    return (unsigned) r < SB_CONN_NREASONS ? s_reasons[r] : "unknown";
 }
 
 int
@@ -184,12 +234,14 @@ s_zap(sb_auth *a)
                        s_roles[role], user, addr);
             } else {
                 atomic_fetch_add(&a->st.refused_key[role], 1);
+                atomic_fetch_add(&a->st.refused[role][SB_CONN_KEY], 1);
                 s_log_refusal(a, role, "key", user, addr, "not_on_list");
                 user[0] = '\0';
             }
         } else if (role >= 0) {
             /* Only CURVE sockets name a domain; anything else is refused. */
             atomic_fetch_add(&a->st.refused_key[role], 1);
+            atomic_fetch_add(&a->st.refused[role][SB_CONN_MECHANISM], 1);
             s_log_refusal(a, role, "mechanism", "-", addr, "not_curve");
         }
     }
@@ -209,30 +261,218 @@ s_zap(sb_auth *a)
         zmq_msg_close(&f[i]);
 }
 
-static const char *
-s_protocol_error(uint32_t v)
+static int
+s_protocol_reason(uint32_t v)
 {
     switch (v) {
     case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        return "mechanism_mismatch"; /* e.g. a client without CURVE */
+        return SB_CONN_MECHANISM_MISMATCH; /* e.g. a client without CURVE */
     case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-        return "cryptographic"; /* e.g. a wrong server key */
+        return SB_CONN_CRYPTOGRAPHIC; /* e.g. a wrong server key */
     case ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE:
-        return "key_exchange";
+        return SB_CONN_KEY_EXCHANGE;
     default:
-        return (v & 0xf0000000u) == 0x10000000u ? "malformed" : "other";
+        return (v & 0xf0000000u) == 0x10000000u ? SB_CONN_MALFORMED
+                                                : SB_CONN_PROTOCOL;
     }
 }
 
-/* A monitor event: [uint16 event, uint32 value][endpoint]. The value of a
- * failed handshake is a protocol error code; the endpoint is our own. */
+/* The detail= of an auth.refused line, as before the guard existed. */
+static const char *
+s_detail(int reason)
+{
+    switch (reason) {
+    case SB_CONN_MECHANISM_MISMATCH: return "mechanism_mismatch";
+    case SB_CONN_CRYPTOGRAPHIC: return "cryptographic";
+    case SB_CONN_KEY_EXCHANGE: return "key_exchange";
+    case SB_CONN_MALFORMED: return "malformed";
+    case SB_CONN_PROTOCOL: return "other";
+    default: return "no_detail";
+    }
+}
+
+static void
+s_log_conn(sb_auth *a, int role, int reason, uint64_t fd)
+{
+    uint64_t suppressed;
+
+    if (!sb_auth_limit_take(&a->limit, sb_clock_mono_ns() / 1000000,
+                            S_LOG_PER_S, &suppressed))
+        return;
+    SB_LOG(SB_LOG_WARN, "conn.refused",
+           "role=%s reason=%s fd=%llu handshaking=%llu max_handshakes=%u "
+           "fd_limit=%llu suppressed=%llu",
+           s_roles[role], s_reasons[reason], (unsigned long long) fd,
+           (unsigned long long) a->pending, a->st.max_handshakes,
+           (unsigned long long) sb_os_fd_limit(),
+           (unsigned long long) suppressed);
+}
+
+static void
+s_count(sb_auth *a, int role, int reason)
+{
+    atomic_fetch_add(&a->st.refused[role][reason], 1);
+}
+
+static s_conn *
+s_conn_at(sb_auth *a, uint64_t fd, int grow)
+{
+    if (fd >= a->nconns) {
+        size_t n = a->nconns ? a->nconns : 256;
+        s_conn *c;
+        if (!grow || fd >= (1u << 24))
+            return NULL;
+        while (n <= fd)
+            n *= 2;
+        if ((c = realloc(a->conns, n * sizeof *c)) == NULL)
+            return NULL;
+        memset(c + a->nconns, 0, (n - a->nconns) * sizeof *c);
+        a->conns = c;
+        a->nconns = n;
+    }
+    return &a->conns[fd];
+}
+
+static void
+s_set_pending(sb_auth *a, int delta)
+{
+    a->pending += (uint64_t) delta;
+    atomic_store(&a->st.handshaking, a->pending);
+}
+
+/* The port a tcp:// endpoint names, 0 if none. */
+static unsigned
+s_endpoint_port(const char *ep)
+{
+    const char *c = strrchr(ep, ':');
+
+    return c != NULL && strncmp(ep, "tcp://", 6) == 0 ? (unsigned) atoi(c + 1) : 0;
+}
+
+/* Closes a connection libzmq has just accepted, without taking its
+ * descriptor away from libzmq: shutdown() makes its engine see the end of
+ * the stream and close the descriptor itself. Should the connection be
+ * gone already and the number reused, the socket's local port must still
+ * be the listener's before anything is done. */
+static void
+s_shut(uint64_t fd, const char *endpoint)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    unsigned want = s_endpoint_port(endpoint), port = 0;
+
+    if (getsockname((int) fd, (struct sockaddr *) &ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
+    else if (ss.ss_family == AF_INET6)
+        port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+    else if (ss.ss_family != AF_UNIX)
+        return;
+    if (want != 0 && port != want)
+        return;
+    shutdown((int) fd, SHUT_RDWR);
+}
+
+static void
+s_accepted(sb_auth *a, int role, uint64_t fd, const char *endpoint,
+           uint64_t now)
+{
+    s_conn *c = s_conn_at(a, fd, 1);
+    uint64_t limit = sb_os_fd_limit();
+    int reason = -1;
+
+    atomic_fetch_add(&a->st.accepted[role], 1);
+    atomic_fetch_add(&a->st.open, 1);
+    if (c != NULL && c->state == S_PENDING) /* a disconnect never came */
+        s_set_pending(a, -1);
+    if (c != NULL && c->state != S_FREE)
+        atomic_fetch_sub(&a->st.open, 1);
+    /* Descriptors are handed out lowest first: this one's number says how
+     * few are left above it. */
+    if (limit > 0 && fd + a->st.fd_headroom >= limit)
+        reason = SB_CONN_FD_HEADROOM;
+    else if (a->pending >= a->st.max_handshakes)
+        reason = SB_CONN_HANDSHAKE_CAP;
+    if (reason >= 0) {
+        s_shut(fd, endpoint);
+        s_count(a, role, reason);
+        s_log_conn(a, role, reason, fd);
+    }
+    if (c == NULL)
+        return; /* beyond the table (not expected): not tracked */
+    c->role = (uint8_t) role;
+    c->accepted_ms = now;
+    c->state = reason >= 0 ? S_REFUSED : S_PENDING;
+    if (reason < 0)
+        s_set_pending(a, 1);
+}
+
+static void
+s_trim_due(sb_auth *a, uint64_t now)
+{
+    if (a->trim_first_ms == 0)
+        a->trim_first_ms = now;
+    a->trim_last_ms = now;
+}
+
+static void
+s_disconnected(sb_auth *a, int role, uint64_t fd, uint64_t now)
+{
+    s_conn *c = s_conn_at(a, fd, 0);
+    int fail = a->last_fail[role];
+    int state = c != NULL ? c->state : S_FREE;
+
+    if (state != S_FREE || c == NULL)
+        atomic_fetch_sub(&a->st.open, atomic_load(&a->st.open) > 0 ? 1 : 0);
+    if (state == S_REFUSED) {
+        /* counted when it was refused */
+    } else if (fail >= 0) {
+        s_count(a, role, fail);
+    } else if (state == S_PENDING) {
+        if (a->auth_unmatched[role] > 0)
+            a->auth_unmatched[role]--; /* ZAP counted it */
+        else
+            s_count(a, role, SB_CONN_DROPPED);
+    }
+    if (state == S_PENDING)
+        s_set_pending(a, -1);
+    if (state == S_PENDING || state == S_REFUSED || fail >= 0)
+        s_trim_due(a, now);
+    if (c != NULL)
+        c->state = S_FREE;
+}
+
+/* Some connection of this role finished its handshake: the newest one
+ * still marked as handshaking is taken for it (see sb_auth.h). */
+static void
+s_succeeded(sb_auth *a, int role)
+{
+    size_t best = SIZE_MAX;
+
+    for (size_t i = 0; i < a->nconns; i++)
+        if (a->conns[i].state == S_PENDING && a->conns[i].role == role &&
+            (best == SIZE_MAX ||
+             a->conns[i].accepted_ms >= a->conns[best].accepted_ms))
+            best = i;
+    if (best != SIZE_MAX) {
+        a->conns[best].state = S_DONE;
+        s_set_pending(a, -1);
+    }
+}
+
+/* A monitor event: [uint16 event, uint32 value][endpoint]. The value is
+ * the descriptor for accepts and disconnects, a protocol error code for
+ * a failed handshake; the endpoint is our own. */
 static void
 s_monitor(sb_auth *a, int role)
 {
     zmq_msg_t m;
     uint16_t ev = 0;
     uint32_t value = 0;
-    int more;
+    char endpoint[128] = "";
+    int more, fail = -1;
+    uint64_t now = sb_clock_mono_ns() / 1000000;
 
     zmq_msg_init(&m);
     if (zmq_msg_recv(&m, a->mon[role], ZMQ_DONTWAIT) < 0) {
@@ -245,22 +485,101 @@ s_monitor(sb_auth *a, int role)
     }
     more = zmq_msg_more(&m);
     zmq_msg_close(&m);
-    while (more) {
+    for (int k = 0; more; k++) {
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, a->mon[role], 0) < 0) {
             zmq_msg_close(&m);
             break;
         }
+        if (k == 0) {
+            size_t len = zmq_msg_size(&m) < sizeof endpoint - 1
+                             ? zmq_msg_size(&m) : sizeof endpoint - 1;
+            memcpy(endpoint, zmq_msg_data(&m), len);
+            endpoint[len] = '\0';
+        }
         more = zmq_msg_more(&m);
         zmq_msg_close(&m);
     }
-    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
-        ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
-        atomic_fetch_add(&a->st.refused_handshake[role], 1);
-        s_log_refusal(a, role, "handshake", "-", "-",
-                      ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
-                          ? s_protocol_error(value) : "no_detail");
+    switch (ev) {
+    case ZMQ_EVENT_ACCEPTED:
+        s_accepted(a, role, value, endpoint, now);
+        break;
+    case ZMQ_EVENT_ACCEPT_FAILED:
+        atomic_fetch_add(&a->st.accept_failed[role], 1);
+        break;
+    case ZMQ_EVENT_DISCONNECTED:
+        s_disconnected(a, role, value, now);
+        break;
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        s_succeeded(a, role);
+        break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        /* ZAP said no and counted it; the disconnect follows later. */
+        a->auth_unmatched[role]++;
+        break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        /* The value of NO_DETAIL is the errno of the moment: a closed or
+         * reset stream, or (when none) the handshake timer. */
+        fail = ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   ? s_protocol_reason(value)
+                   : (value == EPIPE || value == ECONNRESET || value == ENOTCONN
+                          ? SB_CONN_CLOSED : SB_CONN_TIMEOUT);
+        if (s_sock_cfg.active && a->st.curve) {
+            atomic_fetch_add(&a->st.refused_handshake[role], 1);
+            s_log_refusal(a, role, "handshake", "-", "-", s_detail(fail));
+        }
+        break;
+    default:
+        break;
     }
+    /* A failure is reported right before its own disconnect (same I/O
+     * thread, same call): remember it for exactly one event. */
+    a->last_fail[role] = fail;
+}
+
+/* Once a second: connections still marked as handshaking after the
+ * handshake interval have finished it (libzmq drops the others), the
+ * spare descriptors are topped up, held-back log lines are reported. */
+static void
+s_tick(sb_auth *a, uint64_t now)
+{
+    if (now >= a->next_tick_ms) {
+        uint64_t late = (uint64_t) a->st.handshake_ms + 1000;
+        a->next_tick_ms = now + 1000;
+        for (size_t i = 0; i < a->nconns; i++)
+            if (a->conns[i].state == S_PENDING &&
+                a->conns[i].accepted_ms + late < now) {
+                a->conns[i].state = S_DONE;
+                s_set_pending(a, -1);
+            }
+        sb_os_fd_refill();
+    }
+    if (a->trim_first_ms != 0 &&
+        (now >= a->trim_last_ms + S_TRIM_QUIET_MS ||
+         now >= a->trim_first_ms + S_TRIM_MAX_MS)) {
+        /* libzmq allocates a frame's announced size when its header
+         * arrives: half-sent handshake frames leave large free chunks
+         * that the raised M_TRIM_THRESHOLD (main.c) would otherwise keep. */
+        malloc_trim(0);
+        atomic_fetch_add(&a->st.trims, 1);
+        a->trim_first_ms = a->trim_last_ms = 0;
+    }
+}
+
+static uint64_t
+s_next_wake(const sb_auth *a, uint64_t now)
+{
+    uint64_t at = a->next_tick_ms;
+
+    if (a->trim_first_ms != 0) {
+        uint64_t t = a->trim_last_ms + S_TRIM_QUIET_MS;
+        if (a->trim_first_ms + S_TRIM_MAX_MS < t)
+            t = a->trim_first_ms + S_TRIM_MAX_MS;
+        if (t < at)
+            at = t;
+    }
+    return at > now ? at - now : 0;
 }
 
 static void
@@ -284,11 +603,12 @@ static void
 s_run(sb_actor *self, void *arg)
 {
     sb_auth *a = arg;
-    int linger = 0;
+    int linger = 0, rcvhwm = 100000;
 
-    if ((a->zap = zmq_socket(a->ctx, ZMQ_REP)) == NULL ||
-        zmq_setsockopt(a->zap, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_bind(a->zap, S_ZAP_ENDPOINT) != 0) {
+    if (a->st.curve &&
+        ((a->zap = zmq_socket(a->ctx, ZMQ_REP)) == NULL ||
+         zmq_setsockopt(a->zap, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+         zmq_bind(a->zap, S_ZAP_ENDPOINT) != 0)) {
         SB_LOG(SB_LOG_ERR, "auth.zap_bind", "endpoint=%s error=\"%s\"",
                S_ZAP_ENDPOINT, zmq_strerror(errno));
         if (a->zap != NULL)
@@ -303,20 +623,26 @@ s_run(sb_actor *self, void *arg)
          * and so no event of its first connections is missed. */
         if ((a->mon[i] = zmq_socket(a->ctx, ZMQ_PAIR)) != NULL) {
             zmq_setsockopt(a->mon[i], ZMQ_LINGER, &linger, sizeof linger);
+            /* libzmq's I/O thread waits when a monitor pipe is full: a
+             * deep one rides out a burst of connections. */
+            zmq_setsockopt(a->mon[i], ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
             zmq_connect(a->mon[i], ep);
         }
+        a->last_fail[i] = -1;
     }
     sb_actor_ready(self, SB_OK);
     for (;;) {
+        uint64_t now = sb_clock_mono_ns() / 1000000;
+        long wait = (long) s_next_wake(a, now);
         zmq_pollitem_t it[2 + SB_ROLE_COUNT] = {
             {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
-            {a->zap, 0, ZMQ_POLLIN, 0},
+            {a->zap, a->zap ? 0 : -1, a->zap ? ZMQ_POLLIN : 0, 0},
         };
         for (int i = 0; i < SB_ROLE_COUNT; i++)
             it[2 + i] = (zmq_pollitem_t){a->mon[i], 0, a->mon[i] ? ZMQ_POLLIN : 0, 0};
-        /* While lines are held back, wake once a second to report them. */
-        if (zmq_poll(it, 2 + SB_ROLE_COUNT, a->limit.suppressed ? 1000 : -1) < 0 &&
-            errno != EINTR)
+        /* Once a second at least: the guard's tick, and held-back log
+         * lines are reported. */
+        if (zmq_poll(it, 2 + SB_ROLE_COUNT, wait) < 0 && errno != EINTR)
             break;
         if (it[0].revents & ZMQ_POLLIN) {
             int cmd;
@@ -333,10 +659,17 @@ s_run(sb_actor *self, void *arg)
                 break;
             s_zap(a);
         }
+        /* A burst of connections is read in slices, so ZAP and commands
+         * keep their turn. */
         for (int i = 0; i < SB_ROLE_COUNT; i++)
-            if (it[2 + i].revents & ZMQ_POLLIN)
+            for (int k = 0; k < 256 && (it[2 + i].revents & ZMQ_POLLIN); k++) {
+                zmq_pollitem_t z = {a->mon[i], 0, ZMQ_POLLIN, 0};
+                if (zmq_poll(&z, 1, 0) <= 0)
+                    break;
                 s_monitor(a, i);
-        uint64_t now = sb_clock_mono_ns() / 1000000;
+            }
+        now = sb_clock_mono_ns() / 1000000;
+        s_tick(a, now);
         if (a->limit.suppressed && now / 1000 != a->limit.second) {
             uint64_t k;
             if (sb_auth_limit_take(&a->limit, now, S_LOG_PER_S, &k))
@@ -347,7 +680,8 @@ s_run(sb_actor *self, void *arg)
     for (int i = 0; i < SB_ROLE_COUNT; i++)
         if (a->mon[i] != NULL)
             zmq_close(a->mon[i]);
-    zmq_close(a->zap);
+    if (a->zap != NULL)
+        zmq_close(a->zap);
 }
 
 sb_err
@@ -359,13 +693,19 @@ sb_auth_new(sb_auth **out, const sb_auth_args *args, char *why, size_t n)
     if (a == NULL)
         return SB_ENOMEM;
     a->ctx = args->zmq_ctx;
-    for (int i = 0; i < SB_ROLE_COUNT; i++)
+    a->st.curve = args->curve;
+    a->st.handshake_ms = args->handshake_ms;
+    a->st.max_handshakes = args->max_handshakes;
+    a->st.fd_headroom = args->fd_headroom;
+    for (int i = 0; i < SB_ROLE_COUNT && args->curve; i++)
         if (args->lists[i] != NULL && args->lists[i][0] != '\0' &&
             (a->paths[i] = strdup(args->lists[i])) == NULL)
             goto fail;
     if ((rc = s_load_all(a->paths, a->lists, why, n)) != SB_OK)
         goto fail;
     s_count_keys(a);
+    s_sock_cfg.handshake_ms = args->handshake_ms;
+    s_sock_cfg.active = 1;
     if ((rc = sb_actor_new(&a->actor, "auth", s_run, a)) != SB_OK) {
         snprintf(why, n, "cannot serve ZAP on %s", S_ZAP_ENDPOINT);
         goto fail;
@@ -401,6 +741,8 @@ sb_auth_destroy(sb_auth **ap)
         sb_keyset_destroy(&a->lists[i]);
         free(a->paths[i]);
     }
+    s_sock_cfg.active = 0;
+    free(a->conns);
     free(a);
     *ap = NULL;
 }
@@ -408,20 +750,24 @@ sb_auth_destroy(sb_auth **ap)
 sb_err
 sb_auth_server_socket(void *sock, const char *secret_z85, sb_auth_role r)
 {
-    int one = 1;
+    int one = 1, ivl = (int) s_sock_cfg.handshake_ms;
     char ep[64];
 
-    if ((unsigned) r >= SB_ROLE_COUNT || secret_z85 == NULL ||
-        strlen(secret_z85) != SB_KEY_Z85_LEN)
+    if ((unsigned) r >= SB_ROLE_COUNT ||
+        (secret_z85 != NULL && strlen(secret_z85) != SB_KEY_Z85_LEN))
         return SB_EINVAL;
+    if (!s_sock_cfg.active && secret_z85 == NULL)
+        return SB_OK;
     snprintf(ep, sizeof ep, S_MON_PREFIX "%s", s_roles[r]);
-    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
-        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret_z85,
-                       SB_KEY_Z85_LEN + 1) != 0 ||
-        zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, s_roles[r], strlen(s_roles[r])) != 0 ||
-        zmq_socket_monitor(sock, ep,
-                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
+    if ((s_sock_cfg.active &&
+         zmq_setsockopt(sock, ZMQ_HANDSHAKE_IVL, &ivl, sizeof ivl) != 0) ||
+        (secret_z85 != NULL &&
+         (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
+          zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret_z85,
+                         SB_KEY_Z85_LEN + 1) != 0 ||
+          zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, s_roles[r],
+                         strlen(s_roles[r])) != 0)) ||
+        zmq_socket_monitor(sock, ep, S_MON_EVENTS) != 0) {
         SB_LOG(SB_LOG_ERR, "auth.curve_socket", "role=%s error=\"%s\"",
                s_roles[r], zmq_strerror(errno));
         return SB_ESYS;

@@ -23,7 +23,30 @@
  * Reload (SIGHUP): the actor re-reads every list; if any is bad, it keeps
  * all the old ones and logs why. A new list applies to new connections;
  * established ones are kept (libzmq cannot close one peer of a bound
- * socket), see docs/SECURITY.md. */
+ * socket), see docs/SECURITY.md.
+ *
+ * The connection guard, with or without CURVE: the same thread reads the
+ * monitor of every broker socket (accepted, disconnected, handshake
+ * succeeded or failed) and bounds what peers that have not finished the
+ * handshake can hold (docs/SECURITY.md, "Before authentication"):
+ *  - every socket has a handshake interval (ZMQ_HANDSHAKE_IVL): a peer
+ *    that has not finished by then is dropped by libzmq;
+ *  - at most max_handshakes connections may be in their handshake at
+ *    once: one accepted beyond that is shut down at once;
+ *  - a connection accepted on a descriptor within fd_headroom of the
+ *    RLIMIT_NOFILE limit is shut down too, so the log always finds a
+ *    descriptor (sb_os.c keeps a few spare ones behind this);
+ *  - after peers drop out of their handshake, malloc_trim hands the
+ *    memory their half-received frames took back to the kernel.
+ * Every refusal is counted by role and reason, and logged (rate-limited).
+ *
+ * Which connection a "handshake succeeded" event belongs to, libzmq does
+ * not say (its value is 0); accepts and disconnects carry the descriptor,
+ * and a failure is always reported right before its disconnect. So the
+ * count of connections in their handshake is exact, while which of them
+ * is marked done after a success is a guess (the newest), corrected once
+ * the handshake interval has passed: by then every connection still open
+ * has finished its handshake. */
 #ifndef SB_AUTH_H
 #define SB_AUTH_H
 
@@ -31,6 +54,28 @@
 #include <stdint.h>
 
 #include "sb_err.h"
+
+/* Why a connection was refused or dropped before it was authenticated:
+ * the `reason` label of snapbus_conn_refused_total (sb_auth_reason_name). */
+typedef enum {
+    SB_CONN_KEY = 0,            /* ZAP: the key is on no list of the role */
+    SB_CONN_MECHANISM,          /* ZAP: not CURVE */
+    SB_CONN_MECHANISM_MISMATCH, /* no CURVE on the client (e.g. plaintext) */
+    SB_CONN_CRYPTOGRAPHIC,      /* e.g. a wrong server key */
+    SB_CONN_KEY_EXCHANGE,
+    SB_CONN_MALFORMED,          /* a malformed handshake command */
+    SB_CONN_PROTOCOL,           /* another ZMTP protocol error */
+    SB_CONN_TIMEOUT,            /* no handshake within handshake_ms */
+    SB_CONN_CLOSED,             /* the peer went away during the handshake */
+    SB_CONN_DROPPED,            /* dropped by libzmq without detail: ZMTP
+                                 * 1.0/2.0 or junk greeting, a frame over
+                                 * ZMQ_MAXMSGSIZE */
+    SB_CONN_HANDSHAKE_CAP,      /* max_handshakes were in progress */
+    SB_CONN_FD_HEADROOM,        /* too few descriptors left */
+    SB_CONN_NREASONS
+} sb_conn_reason;
+
+const char *sb_auth_reason_name(sb_conn_reason r);
 
 typedef enum {
     SB_ROLE_PUBLISH = 0,
@@ -52,20 +97,37 @@ typedef struct {
     atomic_uint_fast64_t keys[SB_ROLE_COUNT]; /* list sizes now */
     atomic_uint_fast64_t reloads;             /* applied */
     atomic_uint_fast64_t reload_failures;     /* old lists kept */
+    /* The connection guard (any mechanism). */
+    int curve;                                /* 1: the auth_* figures apply */
+    atomic_uint_fast64_t accepted[SB_ROLE_COUNT];
+    atomic_uint_fast64_t accept_failed[SB_ROLE_COUNT]; /* EMFILE and co. */
+    atomic_uint_fast64_t refused[SB_ROLE_COUNT][SB_CONN_NREASONS];
+    atomic_uint_fast64_t handshaking;         /* connections in handshake now */
+    atomic_uint_fast64_t open;                /* connections open now */
+    atomic_uint_fast64_t trims;               /* malloc_trim calls */
+    uint32_t max_handshakes;
+    uint32_t handshake_ms;
+    uint32_t fd_headroom;
 } sb_auth_stats;
 
 typedef struct {
     void *zmq_ctx;
     /* Allowlist files per role; NULL or "": that list is empty. */
     const char *lists[SB_ROLE_COUNT];
+    int curve;               /* 0: no ZAP handler, the guard only */
+    uint32_t handshake_ms;   /* ZMQ_HANDSHAKE_IVL of every socket */
+    uint32_t max_handshakes; /* connections in their handshake at most */
+    uint32_t fd_headroom;    /* descriptors kept free of connections */
 } sb_auth_args;
 
 typedef struct sb_auth sb_auth;
 
 /* Reads every list in the calling thread (a bad one: SB_EINVAL, or SB_ESYS
  * when unreadable, with "file:line: what" in why), then starts the handler
- * thread and binds the ZAP endpoint. Call before any CURVE socket is bound:
- * libzmq admits every CURVE client while no ZAP handler is bound. */
+ * thread and binds the ZAP endpoint (with a->curve). Call before any broker
+ * socket is made: libzmq admits every CURVE client while no ZAP handler is
+ * bound, and sb_auth_server_socket reads the guard's settings from here.
+ * One per process. */
 sb_err sb_auth_new(sb_auth **out, const sb_auth_args *a, char *why, size_t n);
 /* Asks the handler to re-read the lists. Returns at once; the outcome is
  * logged (auth.reloaded or auth.reload_failed) and counted. Any thread. */
@@ -74,9 +136,11 @@ const sb_auth_stats *sb_auth_stats_get(const sb_auth *a);
 /* Stops the handler. After every CURVE socket is closed. */
 void sb_auth_destroy(sb_auth **ap);
 
-/* Makes sock a CURVE server of role r with the broker's secret key (Z85),
- * monitored for failed handshakes. From the socket's own thread, before
- * bind. SB_ESYS when libzmq refuses (no CURVE in this libzmq). */
+/* Sets the handshake interval of sock and has the guard watch it, as the
+ * socket of role r; with secret_z85 (the broker's secret key, Z85) also
+ * makes it a CURVE server. From the socket's own thread, before bind.
+ * Without a running sb_auth (unit tests) and without a key: does nothing.
+ * SB_ESYS when libzmq refuses (no CURVE in this libzmq). */
 sb_err sb_auth_server_socket(void *sock, const char *secret_z85,
                              sb_auth_role r);
 

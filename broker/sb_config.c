@@ -36,6 +36,8 @@ static const s_key s_keys[] = {
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
+    U32("broker", "handshake_ms", handshake_ms, 100, 600000, "a connection that has not finished its handshake (CURVE or not) by then is closed, ms"),
+    U32("broker", "max_handshakes", max_handshakes, 1, 1000000, "connections in their handshake at once, all sockets; more are closed at once (docs/SECURITY.md)"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
@@ -64,6 +66,7 @@ static const s_key s_keys[] = {
     STR("security", "subscriber_keys", subscriber_keys, "allowlist of subscribers' public keys (they may also fetch); reread on SIGHUP"),
     STR("security", "query_keys", query_keys, "allowlist of keys that may only fetch; empty = subscribers only; reread on SIGHUP"),
     U32("security", "insecure", insecure, 0, 1, "1: without CURVE, still bind beyond loopback (plaintext, anyone may connect); flag --insecure"),
+    U32("security", "insecure_key_permissions", insecure_key_permissions, 0, 1, "1: use a secret key file that group or others may read (warns) instead of refusing it; flag --insecure-key-permissions"),
     U32("dedup", "producers", dedup.producers, 0, 10000000, "producers the de-duplication index remembers, least recently used evicted first; 0 = no de-duplication by producer"),
     U32("dedup", "producer_window", dedup.producer_window, 1, 100000000, "producer seqs remembered per producer: an older one is refused ERR_BEYOND_DEDUP_HORIZON"),
     U32("dedup", "tombstones", dedup.tombstones, 0, 100000000, "evicted producers remembered by their highest producer seq"),
@@ -85,6 +88,8 @@ sb_config_defaults(sb_config *c)
     strcpy(c->log_level, "info");
     c->hwm = 10000;
     c->queue = 1024;
+    c->handshake_ms = 5000;
+    c->max_handshakes = 32;
     sb_limits_defaults(&c->limits);
     sb_router_config_defaults(&c->router);
     c->retain_batches = 100000;
@@ -316,6 +321,10 @@ sb_config_load_args(sb_config *c, int argc, char *const *argv, char *why,
             c->insecure = 1;
             continue;
         }
+        if (strcmp(a, "--insecure-key-permissions") == 0) { /* a switch */
+            c->insecure_key_permissions = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) {
             snprintf(why, n, "unexpected argument \"%s\" (see --help)", a);
             return SB_EINVAL;
@@ -446,6 +455,20 @@ sb_config_exposed(const sb_config *c)
             !s_local_endpoint(c->query));
 }
 
+int
+sb_config_metrics_local(const sb_config *c)
+{
+    char host[64], reason[160];
+    uint16_t port;
+
+    if (c->metrics[0] == '\0')
+        return 1;
+    if (sb_metrics_parse_listen(c->metrics, host, sizeof host, &port, reason,
+                                sizeof reason) != SB_OK)
+        return 0;
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
+}
+
 sb_err
 sb_config_check(const sb_config *c, char *why, size_t n)
 {
@@ -496,6 +519,9 @@ sb_config_usage(FILE *out)
             "                       or fnmatch glob); repeatable; [delays] in the file\n"
             "  --insecure           allow plaintext beyond loopback (no value;\n"
             "                       security.insecure = 1)\n"
+            "  --insecure-key-permissions\n"
+            "                       use a secret key file others may read, with a\n"
+            "                       warning (no value; security.insecure_key_permissions = 1)\n"
             "  --help               this text\n"
             "  --version            print the version\n");
     for (size_t i = 0; i < S_NKEYS; i++) {

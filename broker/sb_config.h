@@ -44,6 +44,13 @@ typedef struct {
     char subscriber_keys[512];
     char query_keys[512];
     uint32_t insecure; /* 1: plaintext beyond loopback is allowed */
+    /* 1: a secret key file readable by group or others is used anyway
+     * (with a warning) instead of refused. */
+    uint32_t insecure_key_permissions;
+    /* Before authentication (docs/SECURITY.md): ZMQ_HANDSHAKE_IVL of every
+     * socket, and how many connections may be in their handshake at once. */
+    uint32_t handshake_ms;
+    uint32_t max_handshakes;
 } sb_config;
 
 void sb_config_defaults(sb_config *c);
@@ -64,6 +71,8 @@ sb_err sb_config_load_args(sb_config *c, int argc, char *const *argv,
 sb_err sb_config_check(const sb_config *c, char *why, size_t n);
 /* 1: no CURVE and an endpoint beyond loopback (only with insecure = 1). */
 int sb_config_exposed(const sb_config *c);
+/* 1: broker.metrics is on a loopback address (or off). */
+int sb_config_metrics_local(const sb_config *c);
 void sb_config_usage(FILE *out);
 /* The file given with --config in argv, or NULL. */
 const char *sb_config_file_arg(int argc, char *const *argv);

@@ -472,8 +472,7 @@ s_open(sb_fanout *p, void **sock, int type, const char *ep, char *bound)
     zmq_setsockopt(*sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (type == ZMQ_ROUTER)
         zmq_setsockopt(*sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    if (p->args.curve_secret != NULL &&
-        sb_auth_server_socket(*sock, p->args.curve_secret,
+    if (sb_auth_server_socket(*sock, p->args.curve_secret,
                               type == ZMQ_PUB ? SB_ROLE_SUBSCRIBE
                                               : SB_ROLE_QUERY) != SB_OK)
         return SB_ESYS;

@@ -153,13 +153,15 @@ s_publish(sb_ingest *in, const sb_zmq_env *env, sb_wire_request *w)
     req->peer_len = (uint8_t) env->peer_len;
     req->delimiter = (uint8_t) env->delimiter;
     req->recv_ns = sb_clock_mono_ns();
-    if (in->args.storage_full != NULL && atomic_load(in->args.storage_full)) {
+    int full = in->args.storage_full != NULL ? atomic_load(in->args.storage_full) : 0;
+    if (full) {
         /* The log cannot take more: a typed refusal now, rather than a
          * publisher waiting on a pipeline that cannot move. The flag
-         * clears by itself when the disk has room again. */
+         * clears by itself when the disk has room again. SB_EBUSY: out of
+         * descriptors, not of disk. */
         for (uint32_t i = 0; i < req->nevents; i++)
             if (req->ev[i].status == SB_OK)
-                req->ev[i].status = SB_ESTORAGE;
+                req->ev[i].status = full == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
         req->naccepted = 0;
         refused = req->nevents;
     }
@@ -273,8 +275,7 @@ s_run(sb_actor *self, void *arg)
     zmq_setsockopt(in->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(in->sock, ZMQ_LINGER, &linger, sizeof linger);
     (void) zero;
-    if (in->args.curve_secret != NULL &&
-        sb_auth_server_socket(in->sock, in->args.curve_secret,
+    if (sb_auth_server_socket(in->sock, in->args.curve_secret,
                               SB_ROLE_PUBLISH) != SB_OK) {
         zmq_close(in->sock);
         sb_actor_ready(self, SB_ESYS);

@@ -136,6 +136,7 @@ struct sb_logstore {
     int batch_eof; /* EOF read from `batch_in` */
     int refusing;  /* a write or sync failed: what is read is held */
     int low_space; /* no room reserved for the next segment */
+    int low_kind;  /* why, as low_space holds it: SB_ESTORAGE or SB_EBUSY */
     uint64_t retry_at;
     uint64_t reserve_at;
     uint64_t last_sync_ms;
@@ -166,15 +167,17 @@ s_flush(sb_logstore *a, s_fifo *q, sb_link *l, int which)
     return moved;
 }
 
-/* The ingest refuses publishes while either holds. */
+/* The ingest refuses publishes while either holds: `full` is the sb_err
+ * it answers with (SB_ESTORAGE, or SB_EBUSY when the cause was running out
+ * of descriptors rather than disk), 0 when it takes them. */
 static void
 s_update_full(sb_logstore *a)
 {
-    int full = a->refusing || a->low_space;
+    int full = a->refusing ? a->refusing : a->low_space;
 
     if (full != atomic_load(&a->full)) {
         atomic_store(&a->full, full);
-        atomic_store(&a->st.storage_full, (uint64_t)full);
+        atomic_store(&a->st.storage_full, (uint64_t)(full == SB_ESTORAGE));
         if (full)
             atomic_fetch_add(&a->st.storage_episodes, 1);
     }
@@ -187,7 +190,7 @@ s_refuse(sb_logstore *a, sb_err rc, const char *what, uint64_t now)
     a->retry_at = now + S_RETRY_MS;
     if (a->refusing)
         return;
-    a->refusing = 1;
+    a->refusing = rc == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
     s_update_full(a);
     SB_LOG(SB_LOG_WARN, "logstore.storage_refused",
            "op=%s err=%s errno=%d held=%zu retry_ms=%d", what, sb_strerror(rc),
@@ -217,13 +220,14 @@ s_check_reserve(sb_logstore *a, uint64_t now)
     if (!sb_store_reserved(a->store) && now >= a->reserve_at) {
         sb_err rc = sb_store_reserve(a->store);
         a->reserve_at = now + S_RETRY_MS;
+        a->low_kind = rc == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
         if (rc != SB_OK && !a->low_space)
             SB_LOG(SB_LOG_WARN, "logstore.low_space",
                    "err=%s errno=%d why=\"no room for the next segment: "
                    "publishes are refused until there is\"",
                    sb_strerror(rc), sb_os_errno());
     }
-    low = !sb_store_reserved(a->store);
+    low = sb_store_reserved(a->store) ? 0 : a->low_kind;
     if (low != a->low_space) {
         if (!low)
             SB_LOG(SB_LOG_NOTICE, "logstore.space_ok", "reserved=1");
@@ -597,6 +601,7 @@ sb_logstore_new(sb_logstore **out, const sb_logstore_args *args)
         a->nrebatch = args->nrebatch;
     }
     atomic_init(&a->full, 0);
+    a->low_kind = SB_ESTORAGE;
     sb_store_set_keep_unsynced(store, args->sync != SB_SYNC_NONE);
     s_publish_store_stats(a);
     if ((rc = sb_actor_new(&a->actor, "logstore", s_run, a)) != SB_OK)

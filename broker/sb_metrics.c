@@ -25,6 +25,7 @@
 
 #include "sb_clock.h"
 #include "sb_log.h"
+#include "sb_os.h"
 #include "sb_wire.h"
 
 /* ---- text buffer ------------------------------------------------------ */
@@ -109,7 +110,7 @@ static const char *const s_reasons[SB_WERR_COUNT] = {
     "none",         "invalid",     "too_large",     "unauthorized",
     "duplicate",    "storage_full", "shutting_down", "unsupported",
     "bad_version",  "out_of_retention", "beyond_dedup_horizon",
-    "wrong_shard"};
+    "wrong_shard",  "busy"};
 
 /* Indexed by sb_close_reason. */
 static const char *const s_close[5] = {"delay", "immediate", "max_events",
@@ -329,6 +330,56 @@ s_render_log(s_buf *b, const sb_logstore_stats *l)
              S_LOAD(l->parked));
 }
 
+/* The connection guard (sb_auth.h) and the descriptor headroom (sb_os.h):
+ * with or without CURVE. */
+static void
+s_render_conn(s_buf *b, const sb_auth_stats *a)
+{
+    uint64_t exhausted, lent;
+
+    s_head(b, "snapbus_conn_accepted_total", "counter",
+           "TCP/IPC connections accepted, by socket role.");
+    for (int r = 0; r < SB_ROLE_COUNT; r++)
+        s_put(b, "snapbus_conn_accepted_total{role=\"%s\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->accepted[r]));
+    s_head(b, "snapbus_conn_refused_total", "counter",
+           "Connections refused or dropped before they were authenticated, "
+           "by socket role and reason (docs/SECURITY.md).");
+    for (int r = 0; r < SB_ROLE_COUNT; r++)
+        for (int k = 0; k < SB_CONN_NREASONS; k++)
+            s_put(b, "snapbus_conn_refused_total{role=\"%s\",reason=\"%s\"} %llu\n",
+                  sb_auth_role_name((sb_auth_role) r),
+                  sb_auth_reason_name((sb_conn_reason) k),
+                  (unsigned long long) S_LOAD(a->refused[r][k]));
+    s_head(b, "snapbus_conn_accept_failed_total", "counter",
+           "accept() failures (out of descriptors), by socket role.");
+    for (int r = 0; r < SB_ROLE_COUNT; r++)
+        s_put(b, "snapbus_conn_accept_failed_total{role=\"%s\"} %llu\n",
+              sb_auth_role_name((sb_auth_role) r),
+              (unsigned long long) S_LOAD(a->accept_failed[r]));
+    s_metric(b, "snapbus_conn_open", "gauge",
+             "Connections open now, all sockets.", S_LOAD(a->open));
+    s_metric(b, "snapbus_conn_handshaking", "gauge",
+             "Connections in their handshake now (not yet authenticated).",
+             S_LOAD(a->handshaking));
+    s_metric(b, "snapbus_conn_max_handshakes", "gauge",
+             "broker.max_handshakes: more in their handshake are refused.",
+             a->max_handshakes);
+    s_metric(b, "snapbus_conn_malloc_trims_total", "counter",
+             "Times memory was handed back to the kernel after dropped handshakes.",
+             S_LOAD(a->trims));
+    sb_os_fd_stats(&exhausted, &lent);
+    s_metric(b, "snapbus_fd_limit", "gauge",
+             "RLIMIT_NOFILE soft limit in force (raised to the hard limit at start).",
+             sb_os_fd_limit());
+    s_metric(b, "snapbus_fd_spare", "gauge",
+             "Spare descriptors held for the log.", sb_os_fd_spare());
+    s_metric(b, "snapbus_fd_exhausted_total", "counter",
+             "Log file opens that met EMFILE/ENFILE (answered ERR_BUSY if a "
+             "spare descriptor did not save them).", exhausted);
+}
+
 static void
 s_render_auth(s_buf *b, const sb_auth_stats *a)
 {
@@ -429,8 +480,11 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
         s_render_fanout(b, src->fanout);
     if (src->log != NULL)
         s_render_log(b, src->log);
-    if (src->auth != NULL)
-        s_render_auth(b, src->auth);
+    if (src->auth != NULL) {
+        s_render_conn(b, src->auth);
+        if (src->auth->curve)
+            s_render_auth(b, src->auth);
+    }
     if (src->dedup != NULL)
         s_render_dedup(b, src->dedup);
     if (src->nlinks > 0)

@@ -10,9 +10,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,6 +82,9 @@ sb_os_err_of(int errnum)
         return SB_ENOENT;
     case ENOMEM:
         return SB_ENOMEM;
+    case EMFILE: /* out of descriptors, not of disk: see sb_os_fd_init */
+    case ENFILE:
+        return SB_EBUSY;
     default:
         return SB_ESYS;
     }
@@ -92,14 +97,130 @@ s_fail(int errnum)
     return sb_os_err_of(errnum);
 }
 
+/* ---- descriptor headroom ----------------------------------------------
+ * The log must be able to open a file even when peers hold every other
+ * descriptor. The connection guard (sb_auth.c) refuses connections well
+ * before the limit; behind it, a few descriptors are held open on
+ * /dev/null and given up, one at a time, only to an open here that failed
+ * for lack of descriptors (the nginx/Redis "spare fd" trick). They are put
+ * back by sb_os_fd_refill. */
+#define S_FD_RESERVE_MAX 64
+
+static pthread_mutex_t s_fd_mu = PTHREAD_MUTEX_INITIALIZER;
+static int s_fd_spare[S_FD_RESERVE_MAX];
+static unsigned s_fd_nspare, s_fd_want;
+static atomic_uint_fast64_t s_fd_exhausted, s_fd_lent;
+static atomic_uint_fast64_t s_fd_limit;
+
+/* 1 if a spare descriptor was closed (a retry may now succeed). */
+static int
+s_fd_lend(void)
+{
+    int fd = -1;
+
+    pthread_mutex_lock(&s_fd_mu);
+    if (s_fd_nspare > 0)
+        fd = s_fd_spare[--s_fd_nspare];
+    pthread_mutex_unlock(&s_fd_mu);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    atomic_fetch_add(&s_fd_lent, 1);
+    return 1;
+}
+
+sb_err
+sb_os_fd_init(unsigned reserve, sb_os_fd_info *info)
+{
+    struct rlimit rl;
+    sb_os_fd_info out = {0, 0, 0, 0};
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return s_fail(errno);
+    out.soft_before = rl.rlim_cur;
+    out.hard = rl.rlim_max;
+    /* As Redis and nginx do: the soft limit is a default for programs
+     * that never asked; a server that manages its descriptors takes what
+     * the administrator allowed (LimitNOFILE, ulimit -Hn). */
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    out.soft = rl.rlim_cur;
+    atomic_store(&s_fd_limit, (uint64_t) rl.rlim_cur);
+    pthread_mutex_lock(&s_fd_mu);
+    s_fd_want = reserve < S_FD_RESERVE_MAX ? reserve : S_FD_RESERVE_MAX;
+    pthread_mutex_unlock(&s_fd_mu);
+    sb_os_fd_refill();
+    out.reserve = sb_os_fd_spare();
+    if (info != NULL)
+        *info = out;
+    return SB_OK;
+}
+
+void
+sb_os_fd_refill(void)
+{
+    pthread_mutex_lock(&s_fd_mu);
+    while (s_fd_nspare < s_fd_want) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            break;
+        s_fd_spare[s_fd_nspare++] = fd;
+    }
+    pthread_mutex_unlock(&s_fd_mu);
+}
+
+unsigned
+sb_os_fd_spare(void)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&s_fd_mu);
+    n = s_fd_nspare;
+    pthread_mutex_unlock(&s_fd_mu);
+    return n;
+}
+
+uint64_t
+sb_os_fd_limit(void)
+{
+    uint64_t l = atomic_load(&s_fd_limit);
+    struct rlimit rl;
+
+    if (l == 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        l = rl.rlim_cur;
+    return l;
+}
+
+void
+sb_os_fd_stats(uint64_t *exhausted, uint64_t *lent)
+{
+    *exhausted = atomic_load(&s_fd_exhausted);
+    *lent = atomic_load(&s_fd_lent);
+}
+
 static sb_err
 s_open(int *fd, const char *path, int flags, mode_t mode)
 {
     int f;
 
-    do
-        f = open(path, flags | O_CLOEXEC, mode);
-    while (f < 0 && errno == EINTR);
+    for (;;) {
+        do
+            f = open(path, flags | O_CLOEXEC, mode);
+        while (f < 0 && errno == EINTR);
+        if (f >= 0 || (errno != EMFILE && errno != ENFILE))
+            break;
+        int e = errno;
+        atomic_fetch_add(&s_fd_exhausted, 1);
+        /* Another thread may take the descriptor just freed (an accept):
+         * then the next spare is tried, until none is left. */
+        if (!s_fd_lend()) {
+            errno = e;
+            break;
+        }
+    }
     if (f < 0)
         return s_fail(errno);
     *fd = f;
@@ -385,6 +506,8 @@ sb_os_list_dir(const char *dir, int (*fn)(const char *name, void *ctx),
     DIR *d = opendir(dir);
     struct dirent *e;
 
+    while (d == NULL && errno == EMFILE && s_fd_lend())
+        d = opendir(dir);
     if (d == NULL)
         return s_fail(errno);
     while ((e = readdir(d)) != NULL) {

@@ -7,7 +7,8 @@
  *
  * Error mapping: a full or failing device (ENOSPC, EDQUOT, EIO, EROFS,
  * EFBIG) is SB_ESTORAGE, the one code the broker turns into a typed
- * ERR_STORAGE_FULL; ENOENT is SB_ENOENT; ENOMEM is SB_ENOMEM; the rest is
+ * ERR_STORAGE_FULL; ENOENT is SB_ENOENT; ENOMEM is SB_ENOMEM; EMFILE and
+ * ENFILE (out of descriptors) are SB_EBUSY, never a full disk; the rest is
  * SB_ESYS. The errno itself stays readable with sb_os_errno() for logs.
  *
  * Test hooks: sb_os_set_fault() lets unit tests fail (or cut short) writes,
@@ -80,6 +81,32 @@ sb_err sb_os_mkdirs(const char *path);
  * when fn returns non-zero. */
 sb_err sb_os_list_dir(const char *dir, int (*fn)(const char *name, void *ctx),
                       void *ctx);
+
+/* ---- descriptor headroom ----------------------------------------------- */
+
+/* EMFILE and ENFILE map to SB_EBUSY ("busy", wire ERR_BUSY): the process
+ * is out of descriptors, which is transient and not a full disk. */
+typedef struct {
+    uint64_t soft_before; /* RLIMIT_NOFILE soft limit found at start */
+    uint64_t soft;        /* after raising it */
+    uint64_t hard;
+    unsigned reserve; /* spare descriptors held */
+} sb_os_fd_info;
+
+/* At start, before any thread: raises the soft RLIMIT_NOFILE to the hard
+ * limit and holds `reserve` (at most 64) descriptors open on /dev/null.
+ * An open of this module that fails with EMFILE closes one of them and
+ * tries again, so the log can still open a segment, index or checkpoint
+ * when connections took every other descriptor. */
+sb_err sb_os_fd_init(unsigned reserve, sb_os_fd_info *info);
+/* Opens spare descriptors again up to the reserve (any thread; the
+ * connection guard calls it once a second). */
+void sb_os_fd_refill(void);
+unsigned sb_os_fd_spare(void);
+/* The soft RLIMIT_NOFILE in force. */
+uint64_t sb_os_fd_limit(void);
+/* Opens that met EMFILE/ENFILE, and spare descriptors given up to them. */
+void sb_os_fd_stats(uint64_t *exhausted, uint64_t *lent);
 
 /* ---- test hooks -------------------------------------------------------- */
 

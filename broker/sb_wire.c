@@ -32,6 +32,7 @@ sb_wire_err_of(sb_err e)
     case SB_ENOENT: return SB_WERR_OUT_OF_RETENTION;
     case SB_EWRONGSHARD: return SB_WERR_WRONG_SHARD;
     case SB_EHORIZON: return SB_WERR_BEYOND_DEDUP_HORIZON;
+    case SB_EBUSY: return SB_WERR_BUSY;
     default: return SB_WERR_INVALID;
     }
 }

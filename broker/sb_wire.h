@@ -30,9 +30,10 @@ typedef enum {
     SB_WERR_BAD_VERSION = 8,
     SB_WERR_OUT_OF_RETENTION = 9,
     SB_WERR_BEYOND_DEDUP_HORIZON = 10,
-    SB_WERR_WRONG_SHARD = 11
+    SB_WERR_WRONG_SHARD = 11,
+    SB_WERR_BUSY = 12
 } sb_werr;
-#define SB_WERR_COUNT 12 /* sizes tables indexed by sb_werr */
+#define SB_WERR_COUNT 13 /* sizes tables indexed by sb_werr */
 
 sb_werr sb_wire_err_of(sb_err e);
 

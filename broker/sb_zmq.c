@@ -1,6 +1,7 @@
 #include "sb_zmq.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -18,7 +19,18 @@ sb_err
 sb_zmq_bind(void *sock, const char *endpoint, char *buf, size_t n)
 {
     size_t len = n;
+    char local[300];
 
+    /* libzmq reads the host of a bind as an interface name or a numeric
+     * address, so "localhost" fails with "No such device"; it means the
+     * IPv4 loopback, as the loopback check of the configuration takes it. */
+    if (strncmp(endpoint, "tcp://localhost:", 16) == 0 &&
+        (size_t) snprintf(local, sizeof local, "tcp://127.0.0.1:%s",
+                          endpoint + 16) < sizeof local) {
+        SB_LOG(SB_LOG_INFO, "zmq.bind_localhost", "endpoint=%s bind=%s",
+               endpoint, local);
+        endpoint = local;
+    }
     if (zmq_bind(sock, endpoint) != 0) {
         SB_LOG(SB_LOG_ERR, "zmq.bind_failed", "endpoint=%s error=\"%s\"",
                endpoint, zmq_strerror(errno));

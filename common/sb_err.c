@@ -21,6 +21,7 @@ sb_strerror(sb_err e)
     case SB_ERESTART: return "broker restarted";
     case SB_EHORIZON: return "beyond the de-duplication horizon";
     case SB_EWRONGSHARD: return "aggregate of another shard";
+    case SB_EBUSY: return "busy (out of file descriptors)";
     }
     return "unknown error";
 }

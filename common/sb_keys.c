@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zmq.h>
 
 struct sb_keyset {
@@ -229,6 +230,34 @@ sb_key_read_file(const char *path, char *z85, char *why, size_t n)
     free(buf);
     sb_keyset_destroy(&ks);
     return rc;
+}
+
+sb_err
+sb_key_check_private(const char *path, char *why, size_t n)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0) {
+        snprintf(why, n, "%s: %s", path, strerror(errno));
+        return SB_ESYS;
+    }
+    if ((st.st_mode & 077) != 0) {
+        snprintf(why, n, "%s: mode %04o lets %s read this secret key; "
+                 "chmod 600 %s", path, (unsigned) (st.st_mode & 07777),
+                 (st.st_mode & 070) && (st.st_mode & 07) ? "group and others"
+                 : (st.st_mode & 070) ? "the group" : "others", path);
+        return SB_EINVAL;
+    }
+    return SB_OK;
+}
+
+int
+sb_key_is_literal(const char *arg)
+{
+    uint8_t key[SB_KEY_BYTES];
+
+    return arg != NULL && strlen(arg) == SB_KEY_Z85_LEN &&
+           sb_key_decode(arg, SB_KEY_Z85_LEN, key) == SB_OK;
 }
 
 sb_err

@@ -43,6 +43,17 @@ sb_err sb_key_decode(const char *z85, size_t len, uint8_t *out);
  * than one key is refused: a key file holds one key. */
 sb_err sb_key_read_file(const char *path, char *z85, char *why, size_t n);
 
+/* A secret key file must be readable by its owner alone, as ssh and sshd
+ * demand of theirs. SB_OK when group and others have no access to path
+ * (stat, so a symlink, as a Kubernetes Secret mounts, is followed);
+ * SB_EINVAL when they have, with "PATH: mode 0644 lets group or others
+ * read this secret key; chmod 600 PATH" in why; SB_ESYS when it cannot be
+ * examined. */
+sb_err sb_key_check_private(const char *path, char *why, size_t n);
+
+/* 1 when arg is a key itself (40 Z85 characters), not a file name. */
+int sb_key_is_literal(const char *arg);
+
 /* `arg` itself when it is a 40-character Z85 key, else the key in the file
  * it names (sb_key_read_file). Also exported by libsnapbus. */
 SB_EXPORT sb_err sb_curve_key_load(const char *arg, char *z85, char *why,

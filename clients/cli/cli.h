@@ -69,18 +69,27 @@ int cli_keygen(int argc, char **argv);
  * cli_curve_opt, then call cli_curve_load, which falls back on
  * SNAPBUS_SERVER_KEY and SNAPBUS_CLIENT_KEY. A value is a key (40 Z85
  * characters) or a key file (snapbus keygen). */
-enum { CLI_OPT_SERVER_KEY = 0x1000, CLI_OPT_CLIENT_KEY };
+enum {
+    CLI_OPT_SERVER_KEY = 0x1000,
+    CLI_OPT_CLIENT_KEY,
+    CLI_OPT_INSECURE_KEY_PERMISSIONS
+};
 #define CLI_CURVE_LONGOPTS                                                     \
     {"server-key", required_argument, NULL, CLI_OPT_SERVER_KEY},               \
-        {"client-key", required_argument, NULL, CLI_OPT_CLIENT_KEY}
+        {"client-key", required_argument, NULL, CLI_OPT_CLIENT_KEY},           \
+        {"insecure-key-permissions", no_argument, NULL,                        \
+         CLI_OPT_INSECURE_KEY_PERMISSIONS}
 #define CLI_CURVE_HELP                                                         \
     "  --server-key KEY|FILE  the broker's CURVE public key (or\n"             \
     "                         SNAPBUS_SERVER_KEY); see docs/SECURITY.md\n"     \
     "  --client-key FILE|KEY  this client's CURVE secret key (or\n"            \
-    "                         SNAPBUS_CLIENT_KEY)\n"
+    "                         SNAPBUS_CLIENT_KEY); a file must be mode 0600\n"\
+    "  --insecure-key-permissions  use a client key file others may read\n"   \
+    "                         (warns)\n"
 
 typedef struct {
     const char *server_arg, *client_arg;
+    int insecure_perms;
     char server[41], pub[41], sec[41]; /* what out points into */
 } cli_curve;
 

@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "cli.h"
+#include "sb_keys.h"
 
 int
 cli_curve_opt(cli_curve *k, int c, const char *arg)
@@ -25,6 +26,8 @@ cli_curve_opt(cli_curve *k, int c, const char *arg)
         k->server_arg = arg;
     else if (c == CLI_OPT_CLIENT_KEY)
         k->client_arg = arg;
+    else if (c == CLI_OPT_INSECURE_KEY_PERMISSIONS)
+        k->insecure_perms = 1;
     else
         return 0;
     return 1;
@@ -56,6 +59,17 @@ cli_curve_load(cli_curve *k, const char *who, sb_curve_opts *out)
     if (sb_curve_key_load(server, k->server, why, sizeof why) != SB_OK) {
         fprintf(stderr, "%s: server key: %s\n", who, why);
         return -1;
+    }
+    /* A secret others can read is refused, as ssh refuses such a key. */
+    if (!sb_key_is_literal(client)) {
+        sb_err rc = sb_key_check_private(client, why, sizeof why);
+        if (rc == SB_EINVAL && !k->insecure_perms) {
+            fprintf(stderr, "%s: client key: %s (or use it anyway with "
+                    "--insecure-key-permissions)\n", who, why);
+            return -1;
+        }
+        if (rc == SB_EINVAL)
+            fprintf(stderr, "%s: warning: client key: %s\n", who, why);
     }
     if (sb_curve_key_load(client, k->sec, why, sizeof why) != SB_OK) {
         fprintf(stderr, "%s: client key: %s\n", who, why);

@@ -35,6 +35,10 @@ typedef enum {
                       * cannot tell whether the event was accepted, so it
                       * took nothing (ERR_BEYOND_DEDUP_HORIZON,
                       * docs/PUBLISHING.md) */
+    ,
+    SB_EBUSY = 17 /* the broker is out of a process resource (file
+                   * descriptors) right now and took nothing; retry later
+                   * (ERR_BUSY). Not a full disk */
 } sb_err;
 
 SB_EXPORT const char *sb_strerror(sb_err e);

@@ -179,6 +179,8 @@ sbc_err_from_wire(int code)
         return SB_EHORIZON;
     case SNAPBUS__ERROR_CODE__ERR_WRONG_SHARD:
         return SB_EWRONGSHARD;
+    case SNAPBUS__ERROR_CODE__ERR_BUSY:
+        return SB_EBUSY;
     }
     return SB_EPROTO;
 }

@@ -15,6 +15,7 @@ client-side conditions (try again, timeout, protocol violation, data lost).
     │   │   └── DataLostError       a subscriber could not fill a gap
     │   ├── BeyondDedupHorizonError ERR_BEYOND_DEDUP_HORIZON (10) see docs/PUBLISHING.md
     │   ├── WrongShardError         ERR_WRONG_SHARD      (11) see snapbus.shard_of
+    │   ├── BusyError               ERR_BUSY             (12) out of file descriptors; retry
     │   └── UnknownBrokerError      a code this client does not know
     ├── TryAgain                    a non-blocking call would have to wait
     ├── AckTimeout                  no reply in time: the outcome is unknown
@@ -30,7 +31,7 @@ __all__ = [
     "SnapbusError", "BrokerError", "InvalidError", "TooLargeError", "UnauthorizedError",
     "DuplicateError", "StorageFullError", "ShuttingDownError", "UnsupportedError",
     "BadVersionError", "OutOfRetentionError", "DataLostError",
-    "BeyondDedupHorizonError", "WrongShardError",
+    "BeyondDedupHorizonError", "WrongShardError", "BusyError",
     "UnknownBrokerError",
     "TryAgain", "AckTimeout", "ProtocolError", "BrokerRestarted", "error_for",
 ]
@@ -133,6 +134,12 @@ class WrongShardError(BrokerError):
     code, name = 11, "ERR_WRONG_SHARD"
 
 
+class BusyError(BrokerError):
+    """The broker is out of a process resource (file descriptors) right
+    now and took nothing; not a full disk. Retry after a moment."""
+    code, name, retriable = 12, "ERR_BUSY", True
+
+
 class UnknownBrokerError(BrokerError):
     name = "ERR_UNKNOWN"
 
@@ -140,7 +147,7 @@ class UnknownBrokerError(BrokerError):
 _BY_CODE = {c.code: c for c in (InvalidError, TooLargeError, UnauthorizedError, DuplicateError,
                                  StorageFullError, ShuttingDownError, UnsupportedError,
                                  BadVersionError, OutOfRetentionError,
-                                 BeyondDedupHorizonError, WrongShardError)}
+                                 BeyondDedupHorizonError, WrongShardError, BusyError)}
 
 
 def error_for(code, detail="", scope="request", request_id=0, **extra):
