@@ -91,6 +91,7 @@ s_setup(void **state)
     snprintf(f->queries, sizeof f->queries, "%s/queries.keys", f->dir);
     snprintf(text, sizeof text, "# the broker's secret\n%s\n", f->server.sec);
     s_write(f->secret_file, text);
+    assert_int_equal(chmod(f->secret_file, 0600), 0); /* as keygen makes it */
     const s_pair *pubs[] = {&f->publisher, &f->publisher2};
     const s_pair *subs[] = {&f->subscriber};
     const s_pair *qs[] = {&f->querier};

@@ -142,6 +142,7 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     void *zctx = NULL, *sock = NULL;
     int linger = 0;
     sbc_curve curve;
+    sbc_curve_watch watch = {NULL, 0};
 
     if (query_endpoint == NULL || query_endpoint[0] == '\0')
         return SB_EINVAL;
@@ -159,7 +160,8 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     if ((zctx = zmq_ctx_new()) == NULL ||
         (sock = zmq_socket(zctx, ZMQ_DEALER)) == NULL ||
         zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        sbc_curve_apply(sock, &curve) != SB_OK)
+        sbc_curve_apply(sock, &curve) != SB_OK ||
+        sbc_curve_watch_start(&watch, zctx, sock, &curve) != SB_OK)
         goto out;
     if (zmq_connect(sock, query_endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
@@ -177,7 +179,7 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
             break;
         }
         if (n == 0) {
-            rc = SB_ETIMEDOUT;
+            rc = sbc_curve_timeout_err(&watch, SB_ETIMEDOUT);
             break;
         }
         rc = s_read_reply(sock, fn, ctx, info);
@@ -185,6 +187,7 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     }
 out:
     sbc_curve_wipe(&curve);
+    sbc_curve_watch_stop(&watch, sock);
     if (sock != NULL)
         zmq_close(sock);
     if (zctx != NULL)

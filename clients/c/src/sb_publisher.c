@@ -142,6 +142,7 @@ struct sb_publisher {
     int resend;          /* resends per request at most; 0: off */
     void *mon;           /* with resend: PAIR reading the socket monitor */
     int conn_lost;       /* the monitor saw a disconnect */
+    int unauth;          /* the broker refused our key (sbc_curve.h) */
     uint32_t drop_replies; /* tests: replies still to drop */
 
     uint64_t next_token;
@@ -335,7 +336,8 @@ sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
         s_setopt_int(p->sock, ZMQ_LINGER, linger) != 0 ||
         sbc_curve_apply(p->sock, &curve) != SB_OK)
         goto fail;
-    if (p->resend > 0 && s_monitor_start(p) != 0)
+    /* The monitor also tells a refused key from a slow broker. */
+    if ((p->resend > 0 || curve.on) && s_monitor_start(p) != 0)
         goto fail;
     if (zmq_connect(p->sock, p->endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
@@ -362,7 +364,8 @@ s_monitor_start(sb_publisher *p)
     snprintf(addr, sizeof addr, "inproc://sbpub-mon-%p", (void *)p);
     if (zmq_socket_monitor(p->sock, addr,
                            ZMQ_EVENT_DISCONNECTED |
-                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0)
+                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                               SBC_CURVE_REFUSAL_EVENTS) != 0)
         return -1;
     if ((p->mon = zmq_socket(p->zctx, ZMQ_PAIR)) == NULL)
         return -1;
@@ -388,7 +391,7 @@ sb_publisher_destroy(sb_publisher **pp)
     if (p->mon != NULL)
         zmq_close(p->mon);
     if (p->sock != NULL) {
-        if (p->resend > 0)
+        if (p->mon != NULL)
             zmq_socket_monitor(p->sock, NULL, 0);
         zmq_close(p->sock);
     }
@@ -463,7 +466,7 @@ static void
 s_fail_pending(sb_publisher *p)
 {
     for (uint32_t i = 0; i < p->ninflight; i++) {
-        s_report_all(p, &p->inflight[i], SB_ETIMEDOUT);
+        s_report_all(p, &p->inflight[i], p->unauth ? SB_EUNAUTH : SB_ETIMEDOUT);
         free(p->inflight[i].copy);
     }
     p->ninflight = 0;
@@ -582,7 +585,7 @@ s_expire(sb_publisher *p, uint64_t now)
         } else {
             s_rec gone = *r;
             p->inflight[i] = p->inflight[--p->ninflight];
-            s_report_all(p, &gone, SB_ETIMEDOUT);
+            s_report_all(p, &gone, p->unauth ? SB_EUNAUTH : SB_ETIMEDOUT);
             free(gone.copy);
         }
     }
@@ -604,8 +607,13 @@ s_watch(sb_publisher *p)
             return;
         }
         uint16_t ev = 0;
-        if (zmq_msg_size(&m) >= 2)
+        uint32_t value = 0;
+        if (zmq_msg_size(&m) >= 6) {
             memcpy(&ev, zmq_msg_data(&m), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&m) + 2, 4);
+        }
+        if (sbc_curve_refusal_event(ev, value))
+            p->unauth = 1; /* libzmq will not reconnect this socket */
         int more = zmq_msg_more(&m);
         zmq_msg_close(&m);
         while (more) { /* the endpoint frame */
@@ -699,14 +707,16 @@ s_wait(sb_publisher *p, short events, uint64_t deadline)
     if (n > 0) {
         if ((it[0].revents | it[1].revents) & ZMQ_POLLIN)
             s_drain(p);
-        return SB_OK;
+        return p->unauth ? SB_EUNAUTH : SB_OK;
     }
     uint64_t now = sbc_coarse_ms();
     if (expiry != UINT64_MAX && now >= expiry) {
         s_expire(p, now);
         return SB_OK;
     }
-    return deadline != UINT64_MAX && now >= deadline ? SB_ETIMEDOUT : SB_OK;
+    if (deadline != UINT64_MAX && now >= deadline)
+        return p->unauth ? SB_EUNAUTH : SB_ETIMEDOUT;
+    return SB_OK;
 }
 
 /* ---- Sending ------------------------------------------------------ */

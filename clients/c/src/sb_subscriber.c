@@ -22,6 +22,7 @@
 
 #include <zmq.h>
 
+#include "sbc_curve.h"
 #include "sbc_internal.h"
 #include "sbc_query.h"
 #include "sbc_sub.h"
@@ -35,6 +36,7 @@ struct sb_subscriber {
     sbc_query *query;
     sbc_sub *engine;
     uint64_t malformed;
+    sbc_curve_watch watch; /* a refused key: SB_EUNAUTH, not a timeout */
 };
 
 void
@@ -128,8 +130,8 @@ s_live(void *ctx, sb_snapshot **out, int wait_ms)
         int n = zmq_poll(&it, 1, sbc_remaining_ms(deadline));
         if (n < 0)
             return errno == EINTR ? SB_EAGAIN : SB_ESYS;
-        if (n == 0)
-            return SB_ETIMEDOUT;
+        if (n == 0) /* a refused key is not "no batch yet" */
+            return sbc_curve_timeout_err(&s->watch, SB_ETIMEDOUT);
         sb_err rc = s_recv_one(s, out);
         if (rc != SB_ETIMEDOUT)
             return rc;
@@ -208,7 +210,8 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
     int linger = 0; /* a SUB socket sends nothing worth waiting for */
     if (zmq_setsockopt(s->sock, ZMQ_RCVHWM, &o->rcvhwm, sizeof o->rcvhwm) ||
         zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        sbc_curve_apply(s->sock, &curve) != SB_OK)
+        sbc_curve_apply(s->sock, &curve) != SB_OK ||
+        sbc_curve_watch_start(&s->watch, s->zctx, s->sock, &curve) != SB_OK)
         goto fail;
     if (zmq_connect(s->sock, s->endpoint) != 0) {
         rc = errno == EINVAL || errno == EPROTONOSUPPORT ? SB_EINVAL : SB_ESYS;
@@ -244,6 +247,7 @@ sb_subscriber_destroy(sb_subscriber **sp)
         return;
     sbc_sub_destroy(&s->engine);
     sbc_query_destroy(&s->query);
+    sbc_curve_watch_stop(&s->watch, s->sock);
     if (s->sock != NULL)
         zmq_close(s->sock);
     if (s->zctx != NULL)

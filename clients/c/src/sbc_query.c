@@ -33,6 +33,7 @@ struct sbc_query {
     sbc_fetch_req req;
     char *prefix; /* req.prefix points here */
     uint64_t fetches, timeouts;
+    sbc_curve_watch watch; /* a refused key: SB_EUNAUTH, not a timeout */
 };
 
 sb_err
@@ -49,7 +50,8 @@ sbc_query_new(sbc_query **out, void *zctx, const char *endpoint,
     if ((q->sock = zmq_socket(zctx, ZMQ_DEALER)) == NULL ||
         zmq_setsockopt(q->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(q->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
-        (curve != NULL && sbc_curve_apply(q->sock, curve) != SB_OK)) {
+        (curve != NULL && sbc_curve_apply(q->sock, curve) != SB_OK) ||
+        sbc_curve_watch_start(&q->watch, zctx, q->sock, curve) != SB_OK) {
         sbc_query_destroy(&q);
         return SB_ESYS;
     }
@@ -70,6 +72,7 @@ sbc_query_destroy(sbc_query **qp)
 
     if (qp == NULL || (q = *qp) == NULL)
         return;
+    sbc_curve_watch_stop(&q->watch, q->sock);
     if (q->sock != NULL)
         zmq_close(q->sock);
     free(q->prefix);
@@ -268,6 +271,8 @@ s_wait(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
             }
             continue;
         }
+        if (sbc_curve_refused(&q->watch))
+            return SB_EUNAUTH; /* libzmq will not connect it again */
         if (deadline != UINT64_MAX && sbc_now_ms() >= deadline)
             return SB_ETIMEDOUT;
     }

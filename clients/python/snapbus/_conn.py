@@ -4,7 +4,7 @@ the subscriber."""
 import zmq
 
 from ._pb import pb
-from .errors import ProtocolError, error_for
+from .errors import ProtocolError, UnauthorizedError, error_for
 
 VERSION = 1
 
@@ -39,8 +39,75 @@ def apply_curve(sock, server_public_key=None, public_key=None, secret_key=None):
     sock.setsockopt(zmq.CURVE_SECRETKEY, _key(secret_key, "secret_key"))
 
 
+class AuthWatch:
+    """Reads a CURVE socket's monitor for the broker refusing this client.
+
+    A key on no list of the socket's role is answered with a CURVE ERROR
+    (libzmq then gives up on the connection for good: the socket never
+    connects again). That reaches the application only through the socket
+    monitor, so without this a refused client would only see timeouts."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._mon = sock.get_monitor_socket(self.EVENTS)
+        self.is_refused = False
+
+    def refused(self):
+        """True once the broker refused this client (never waits)."""
+        while self._mon is not None and not self.is_refused:
+            try:
+                frames = self._mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames[0]) >= 2:
+                ev = int.from_bytes(frames[0][:2], "little")
+                self.is_refused = ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        return self.is_refused
+
+    def check(self, what):
+        """Raises UnauthorizedError if the broker refused this client."""
+        if self.refused():
+            raise UnauthorizedError(
+                "%s: the broker refused this client's CURVE key in the "
+                "handshake (not on the allowlist of this role?); this "
+                "socket will not connect again (docs/SECURITY.md)" % what)
+
+    def close(self):
+        if self._mon is not None:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._mon.close(0)
+            self._mon = None
+
+
+class _NoWatch:
+    is_refused = False
+
+    def refused(self):
+        return False
+
+    def check(self, what):
+        pass
+
+    def close(self):
+        pass
+
+
+def auth_watch(sock, curve):
+    """An AuthWatch of sock when it uses CURVE, else one that never fires."""
+    if curve and curve.get("server_public_key") is not None:
+        return AuthWatch(sock)
+    return _NoWatch()
+
+
 def make_socket(ctx, kind, endpoint, *, sndhwm=None, rcvhwm=None, linger=0, curve=None,
-                rcvbuf=None):
+                rcvbuf=None, watch=None):
+    """A connected socket. With ``watch`` (a list), an AuthWatch (or a
+    stand-in) is appended to it, made before the connect."""
     s = ctx.socket(kind)
     try:
         s.setsockopt(zmq.LINGER, linger)
@@ -51,6 +118,8 @@ def make_socket(ctx, kind, endpoint, *, sndhwm=None, rcvhwm=None, linger=0, curv
         if rcvbuf is not None:
             s.setsockopt(zmq.RCVBUF, rcvbuf)
         apply_curve(s, **(curve or {}))
+        if watch is not None:
+            watch.append(auth_watch(s, curve))
         s.connect(endpoint)
     except Exception:
         s.close(0)

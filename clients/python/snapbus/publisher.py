@@ -33,6 +33,7 @@ import zmq
 from ._conn import decode_reply, encode, make_socket, reply_error
 from ._pb import pb
 from .errors import (AckTimeout, DuplicateError, ProtocolError, SnapbusError, TooLargeError,
+                     UnauthorizedError,
                      TryAgain, error_for)
 from .model import Ack, AckLevel
 
@@ -150,11 +151,14 @@ class Publisher:
         self._stamp = stamp_time
         self._dup_error = duplicate_is_error
         self._on_result = on_result
+        w = []
         self._sock = make_socket(context or zmq.Context.instance(), zmq.DEALER, endpoint,
                                  sndhwm=sndhwm, rcvhwm=max(rcvhwm, 2 * window + 16),
                                  linger=1000,
                                  curve=dict(server_public_key=server_public_key,
-                                            public_key=public_key, secret_key=secret_key))
+                                            public_key=public_key, secret_key=secret_key),
+                                 watch=w)
+        self._watch = w[0]
         self._poller = zmq.Poller()
         self._rid = 0
         self._inflight = {}            # request_id -> (receipts, deadline)
@@ -173,6 +177,7 @@ class Publisher:
         try:
             self.hello = self._hello(client, hello_timeout)
         except BaseException:
+            self._watch.close()
             self._sock.close(0)
             raise
         h = self.hello
@@ -308,6 +313,7 @@ class Publisher:
                                    refused=False)
             self._open_rc = []
             self.closed = True
+            self._watch.close()
             self._sock.close()
 
     def __enter__(self):
@@ -325,8 +331,13 @@ class Publisher:
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
-                raise AckTimeout("no hello reply from the broker", rid)
+            # Woken every 50 ms to look for a refusal: it comes on the
+            # monitor, not on this socket.
+            if left <= 0 or not self._sock.poll(int(min(left, 0.05) * 1000) + 1):
+                self._watch.check("hello")
+                if left <= 0:
+                    raise AckTimeout("no hello reply from the broker", rid)
+                continue
             rep, _ = decode_reply(self._sock.recv_multipart())
             if rep.request_id != rid:
                 continue
@@ -450,8 +461,11 @@ class Publisher:
         for rid in expired:
             rcs, _ = self._inflight.pop(rid)
             self.stats["timeouts"] += 1
-            self._settle_error(rcs, AckTimeout("no reply within %.1f s" % self._timeout, rid),
-                               refused=False)
+            err = AckTimeout("no reply within %.1f s" % self._timeout, rid)
+            if self._watch.refused():
+                err = UnauthorizedError("the broker refused this client's key in the "
+                                        "CURVE handshake", "request", rid)
+            self._settle_error(rcs, err, refused=False)
 
     def _settle_error(self, rcs, err, refused=True):
         if refused:

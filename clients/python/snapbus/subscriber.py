@@ -499,12 +499,17 @@ class Subscriber(_Base):
         ctx = context or zmq.Context.instance()
         curve = dict(server_public_key=server_public_key, public_key=public_key,
                      secret_key=secret_key)
-        self._q = make_socket(ctx, zmq.DEALER, query_endpoint, curve=curve, rcvhwm=1000)
+        w = []
+        self._q = make_socket(ctx, zmq.DEALER, query_endpoint, curve=curve, rcvhwm=1000,
+                              watch=w)
+        self._qwatch = w[0]
         try:
             hello = self._hello()          # before subscribing: the start cursor
             self._sub = make_socket(ctx, zmq.SUB, pub_endpoint, rcvhwm=rcvhwm, rcvbuf=rcvbuf,
-                                    curve=curve)
+                                    curve=curve, watch=w)
+            self._subwatch = w[1]
         except BaseException:
+            self._qwatch.close()
             self._q.close(0)
             raise
         for t in self._topics():
@@ -522,8 +527,12 @@ class Subscriber(_Base):
             end = time.monotonic() + self._ftimeout
             while True:
                 left = end - time.monotonic()
-                if left <= 0 or not self._q.poll(int(left * 1000) + 1):
-                    break
+                # Woken every 50 ms to look for a refusal (UnauthorizedError).
+                if left <= 0 or not self._q.poll(int(min(left, 0.05) * 1000) + 1):
+                    self._qwatch.check("query socket")
+                    if left <= 0:
+                        break
+                    continue
                 r = parse(rid, self._q.recv_multipart())
                 if r is not None:
                     return r
@@ -598,6 +607,7 @@ class Subscriber(_Base):
                     self._last_live_id = b.batch_id
                     self._guard(tr.on_live(b))
                 continue
+            self._subwatch.check("subscription")
             now = time.monotonic()
             if now >= self._last_rx + self._idle:
                 self._last_rx = now
@@ -625,6 +635,8 @@ class Subscriber(_Base):
     def close(self):
         if not self.closed:
             self.closed = True
+            self._subwatch.close()
+            self._qwatch.close()
             self._sub.close(0)
             self._q.close(0)
 

@@ -309,6 +309,7 @@ class TestAgainstCurveBroker(unittest.TestCase):
             paths[name] = os.path.join(self.dir, name)
             with open(paths[name], "wb") as f:
                 f.write(text)
+        os.chmod(paths["server.key"], 0o600)  # as keygen makes it
         self.b = _broker.Broker("--default-delay-ms", "0",
                                 "--secret-key-file", paths["server.key"],
                                 "--publisher-keys", paths["pubs.keys"],
@@ -344,10 +345,19 @@ class TestAgainstCurveBroker(unittest.TestCase):
         # A plain client and a subscriber's key get nothing in.
         with self.assertRaises(snapbus.AckTimeout):
             snapbus.Publisher(b.ingest, hello_timeout=0.5)
-        with self.assertRaises(snapbus.AckTimeout):
+        # A key on no list of the role is told so at once (the socket
+        # monitor sees the broker's refusal), not left to time out.
+        t0 = time.monotonic()
+        with self.assertRaises(snapbus.UnauthorizedError):
             snapbus.Publisher(b.ingest, server_public_key=self.srv_pub,
                               public_key=self.sub_pub, secret_key=self.sub_sec,
-                              hello_timeout=0.5)
+                              hello_timeout=30)
+        self.assertLess(time.monotonic() - t0, 25)
+        with self.assertRaises(snapbus.UnauthorizedError):
+            snapbus.Subscriber(b.pub, b.query, prefixes=["x/"],
+                               server_public_key=self.srv_pub,
+                               public_key=self.pub_pub, secret_key=self.pub_sec,
+                               fetch_timeout=30, fetch_retries=0)
 
 
 class TestHundredThousand(unittest.TestCase):
