@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -47,6 +48,14 @@ s_read_ready(sbt_broker *b, const char *path)
     }
     fclose(f);
     return b->ingest[0] && b->pub[0] && b->query[0] ? 0 : -1;
+}
+
+static unsigned long s_broker_nofile;
+
+void
+sbt_set_broker_nofile(unsigned long n)
+{
+    s_broker_nofile = n;
 }
 
 /* The brokers' data directories, removed when the test program ends: a
@@ -116,6 +125,11 @@ sbt_broker_start(sbt_broker *b, const char *const *extra)
             dup2(fd, 2);
             close(fd);
         }
+        if (s_broker_nofile != 0) {
+            struct rlimit rl = {s_broker_nofile, s_broker_nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(126);
+        }
         execv(SNAPBUSD_PATH, (char *const *) argv);
         _exit(127);
     }
@@ -155,6 +169,23 @@ sbt_broker_stop(sbt_broker *b, int timeout_s)
     waitpid(b->pid, &st, 0);
     b->pid = 0;
     return -1;
+}
+
+long
+sbt_broker_rss_kb(const sbt_broker *b)
+{
+    char path[64], line[256];
+    long kb = -1;
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/status", (int) b->pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
 }
 
 long

@@ -23,6 +23,11 @@ int sbt_broker_start(sbt_broker *b, const char *const *extra);
 int sbt_broker_stop(sbt_broker *b, int timeout_s);
 /* Resident set high-water mark of the broker, KiB (VmHWM). */
 long sbt_broker_vmhwm_kb(const sbt_broker *b);
+/* Resident set of the broker now, KiB (VmRSS). */
+long sbt_broker_rss_kb(const sbt_broker *b);
+/* RLIMIT_NOFILE (soft and hard) of the brokers started from now on;
+ * 0: inherited, as by default. The test process keeps its own. */
+void sbt_set_broker_nofile(unsigned long n);
 
 /* One raw request on a fresh DEALER; returns the reply frames' count and
  * fills reply (first frame) up to cap. -1 on timeout. */

@@ -419,7 +419,7 @@ test_roles_are_separate(void **state)
     assert_int_equal(s_publish(f, &qc, "bad/q", 5, 1500), 0);
     s_wait_refused_above(f, "publish", "key", pub0);
     double q0 = s_refused(f, "query", "key");
-    assert_int_equal(s_fetch(f, &as_sub, &n), SB_ETIMEDOUT);
+    assert_int_equal(s_fetch(f, &as_sub, &n), SB_EUNAUTH);
     assert_int_equal(n, 0);
     s_wait_refused_above(f, "query", "key", q0);
 }
@@ -519,6 +519,118 @@ test_start_refuses_bad_lists_and_open_plaintext(void **state)
     assert_int_equal(s_run_broker(flags, out, sizeof out), 0);
 }
 
+/* A key on no list of the role: the C client says SB_EUNAUTH (the socket
+ * monitor saw the broker's refusal) within its timeout, rather than a bare
+ * SB_ETIMEDOUT, for publishing, subscribing and fetching. */
+static void
+test_refused_key_is_reported_unauthorized(void **state)
+{
+    fixture *f = *state;
+    sb_curve_opts bad = s_curve(&f->server, &f->stranger);
+    sb_curve_opts as_pub = s_curve(&f->server, &f->subscriber);
+    sb_publisher_opts o;
+    sb_publisher *p;
+    s_acks k = {0, 0};
+    sb_err errs[4];
+    int n;
+
+    s_start(f);
+    /* Acked publishing: the flush and the event's outcome. The timeouts
+     * are long, so SB_EUNAUTH cannot be a timeout renamed by mistake. */
+    sb_publisher_opts_defaults(&o);
+    o.endpoint = f->b.ingest;
+    o.ack = SB_ACK_SEQUENCED;
+    o.timeout_ms = 20000;
+    o.reply_timeout_ms = 20000;
+    o.curve = as_pub;
+    assert_int_equal(sb_publisher_new(&p, &o), SB_OK);
+    sb_publisher_on_ack(p, s_on_ack, &k);
+    sb_pub_event ev = {.aggregate = "unauth/1", .type = "t", .payload = "x",
+                       .payload_len = 1};
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_OK);
+    uint64_t t0 = sbt_now_ms();
+    errs[0] = sb_publisher_wait_all(p, 20000);
+    assert_int_equal(errs[0], SB_EUNAUTH);
+    assert_true(sbt_now_ms() - t0 < 15000);
+    sb_publisher_destroy(&p);
+    assert_int_equal(k.acked, 0);
+    assert_int_equal(k.refused, 1); /* reported, as SB_EUNAUTH, at destroy */
+
+    /* A subscriber (its query socket asks first). */
+    sb_subscriber_opts so;
+    sb_subscriber *s;
+    sb_subscriber_opts_defaults(&so);
+    so.endpoint = f->b.pub;
+    so.query_endpoint = f->b.query;
+    so.fetch_timeout_ms = 20000;
+    so.curve = bad;
+    assert_int_equal(sb_subscriber_new(&s, &so), SB_OK);
+    assert_int_equal(sb_subscriber_subscribe(s, ""), SB_OK);
+    t0 = sbt_now_ms();
+    errs[1] = sb_subscriber_start(s, 20000);
+    assert_int_equal(errs[1], SB_EUNAUTH);
+    assert_true(sbt_now_ms() - t0 < 15000);
+    sb_subscriber_destroy(&s);
+
+    /* A live-only subscriber: recv says so once its timeout is up. */
+    so.query_endpoint = NULL;
+    assert_int_equal(sb_subscriber_new(&s, &so), SB_OK);
+    assert_int_equal(sb_subscriber_subscribe(s, ""), SB_OK);
+    sb_snapshot *b = NULL;
+    errs[2] = SB_ETIMEDOUT;
+    for (int i = 0; i < 200 && errs[2] == SB_ETIMEDOUT; i++)
+        errs[2] = sb_subscriber_recv(s, &b, 100);
+    assert_int_equal(errs[2], SB_EUNAUTH);
+    sb_subscriber_destroy(&s);
+
+    /* A one-shot fetch. */
+    errs[3] = s_fetch(f, &bad, &n);
+    assert_int_equal(errs[3], SB_EUNAUTH);
+    assert_int_equal(n, 0);
+}
+
+/* A secret key file others can read: the broker refuses to start (and
+ * --check-config says so), naming the file and the fix; the override
+ * starts it, with a warning in its log. */
+static void
+test_secret_key_readable_by_others_is_refused(void **state)
+{
+    fixture *f = *state;
+    char flags[1024], out[1024], log[160], line[1024];
+    int warned = 0;
+
+    assert_int_equal(chmod(f->secret_file, 0644), 0);
+    snprintf(flags, sizeof flags,
+             "--data-dir %s/d --secret-key-file %s --publisher-keys %s "
+             "--subscriber-keys %s", f->dir, f->secret_file, f->pubs, f->subs);
+    assert_int_equal(s_run_broker(flags, out, sizeof out), 2);
+    assert_non_null(strstr(out, f->secret_file));
+    assert_non_null(strstr(out, "chmod 600"));
+    assert_non_null(strstr(out, "0644"));
+    strcat(flags, " --check-config");
+    assert_int_equal(s_run_broker(flags, out, sizeof out), 2);
+    assert_non_null(strstr(out, "chmod 600"));
+
+    const char *extra[] = {"--secret-key-file", f->secret_file,
+                           "--publisher-keys", f->pubs,
+                           "--subscriber-keys", f->subs,
+                           "--insecure-key-permissions", NULL};
+    assert_int_equal(sbt_broker_start(&f->b, extra), 0);
+    f->running = 1;
+    snprintf(log, sizeof log, "%s/broker.log", f->b.dir);
+    FILE *lf = fopen(log, "r");
+    assert_non_null(lf);
+    while (fgets(line, sizeof line, lf) != NULL)
+        if (strstr(line, "event=security.insecure_key_permissions") != NULL &&
+            strstr(line, f->secret_file) != NULL && strstr(line, "level=warn"))
+            warned++;
+    fclose(lf);
+    assert_int_equal(warned, 1);
+    /* And it serves. */
+    sb_curve_opts pc = s_curve(&f->server, &f->publisher);
+    assert_int_equal(s_publish(f, &pc, "perm/1", 3, 10000), 3);
+}
+
 static void
 test_keygen_writes_private_secret_once(void **state)
 {
@@ -563,6 +675,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_sighup_applies_edited_list_to_new_connections, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_start_refuses_bad_lists_and_open_plaintext, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_keygen_writes_private_secret_once, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_key_is_reported_unauthorized, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_secret_key_readable_by_others_is_refused, s_setup, s_teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests(t, NULL, NULL);

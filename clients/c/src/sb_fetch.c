@@ -170,17 +170,27 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
     if ((rc = s_send_request(sock, o)) != SB_OK)
         goto out;
     for (;;) {
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, sbc_remaining_ms(deadline));
+        /* The monitor too: a refused key wakes us at once. */
+        zmq_pollitem_t it[2] = {{sock, 0, ZMQ_POLLIN, 0},
+                                {watch.mon, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, watch.mon != NULL ? 2 : 1,
+                         sbc_remaining_ms(deadline));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
             rc = SB_ESYS;
             break;
         }
-        if (n == 0) {
-            rc = sbc_curve_timeout_err(&watch, SB_ETIMEDOUT);
-            break;
+        if (n == 0 || !(it[0].revents & ZMQ_POLLIN)) {
+            if (sbc_curve_refused(&watch)) {
+                rc = SB_EUNAUTH;
+                break;
+            }
+            if (n == 0) {
+                rc = SB_ETIMEDOUT;
+                break;
+            }
+            continue;
         }
         rc = s_read_reply(sock, fn, ctx, info);
         break;

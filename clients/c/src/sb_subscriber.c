@@ -126,12 +126,20 @@ s_live(void *ctx, sb_snapshot **out, int wait_ms)
     uint64_t deadline = sbc_deadline(wait_ms);
 
     for (;;) {
-        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, sbc_remaining_ms(deadline));
+        zmq_pollitem_t it[2] = {{s->sock, 0, ZMQ_POLLIN, 0},
+                                {s->watch.mon, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, s->watch.mon != NULL ? 2 : 1,
+                         sbc_remaining_ms(deadline));
         if (n < 0)
             return errno == EINTR ? SB_EAGAIN : SB_ESYS;
-        if (n == 0) /* a refused key is not "no batch yet" */
-            return sbc_curve_timeout_err(&s->watch, SB_ETIMEDOUT);
+        /* A refused key is not "no batch yet". */
+        if (n == 0 || !(it[0].revents & ZMQ_POLLIN)) {
+            if (sbc_curve_refused(&s->watch))
+                return SB_EUNAUTH;
+            if (n == 0)
+                return SB_ETIMEDOUT;
+            continue;
+        }
         sb_err rc = s_recv_one(s, out);
         if (rc != SB_ETIMEDOUT)
             return rc;

@@ -126,12 +126,6 @@ sbc_curve_refused(sbc_curve_watch *w)
     return w->refused;
 }
 
-sb_err
-sbc_curve_timeout_err(sbc_curve_watch *w, sb_err otherwise)
-{
-    return sbc_curve_refused(w) ? SB_EUNAUTH : otherwise;
-}
-
 void
 sbc_curve_watch_stop(sbc_curve_watch *w, void *sock)
 {

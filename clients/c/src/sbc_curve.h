@@ -47,10 +47,8 @@ typedef struct {
 sb_err sbc_curve_watch_start(sbc_curve_watch *w, void *zctx, void *sock,
                              const sbc_curve *c);
 /* 1 once the broker refused this client; reads what the monitor holds,
- * never waits. */
+ * never waits. Poll w->mon beside the socket to be woken by a refusal. */
 int sbc_curve_refused(sbc_curve_watch *w);
-/* SB_EUNAUTH if refused, else `otherwise` (what a timeout reports). */
-sb_err sbc_curve_timeout_err(sbc_curve_watch *w, sb_err otherwise);
 /* Before the socket is closed. */
 void sbc_curve_watch_stop(sbc_curve_watch *w, void *sock);
 

@@ -259,11 +259,13 @@ s_wait(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
             until = 10; /* the socket was full: retry soon */
         if (w < 0 || w > until)
             w = until;
-        zmq_pollitem_t it = {q->sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, w);
+        /* The monitor too: a refused key wakes us at once. */
+        zmq_pollitem_t it[2] = {{q->sock, 0, ZMQ_POLLIN, 0},
+                                {q->watch.mon, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, q->watch.mon != NULL ? 2 : 1, w);
         if (n < 0)
             return errno == EINTR ? SB_EAGAIN : SB_ESYS;
-        if (n > 0) {
+        if (n > 0 && (it[0].revents & ZMQ_POLLIN)) {
             sb_err rc = s_read(q, h, info, out);
             if (rc != SB_ETIMEDOUT) {
                 q->kind = 0;
