@@ -617,12 +617,21 @@ struct sb_metrics {
     atomic_int state;
 };
 
+/* libmicrohttpd logs once per attempt when accept fails for lack of
+ * descriptors, and then tries again at once: at most 5 lines a second,
+ * with the count of the rest, or a descriptor flood fills the disk. Only
+ * its one thread calls this (and the starting thread before it runs). */
 static void
 s_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    static sb_auth_limit limit;
+    uint64_t suppressed;
     char line[256];
 
     (void) cls;
+    if (!sb_auth_limit_take(&limit, sb_clock_mono_ns() / 1000000, 5,
+                            &suppressed))
+        return;
     vsnprintf(line, sizeof line, fmt, ap);
     /* One logfmt value: no newline, no double quote. */
     for (char *p = line; *p; p++)
@@ -630,7 +639,8 @@ s_mhd_log(void *cls, const char *fmt, va_list ap)
             *p = *p == '"' ? '\'' : ' ';
     for (size_t l = strlen(line); l > 0 && line[l - 1] == ' ';)
         line[--l] = '\0';
-    SB_LOG(SB_LOG_WARN, "metrics.http", "error=\"%s\"", line);
+    SB_LOG(SB_LOG_WARN, "metrics.http", "error=\"%s\" suppressed=%llu", line,
+           (unsigned long long) suppressed);
 }
 
 static enum MHD_Result
