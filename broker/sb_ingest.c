@@ -161,7 +161,7 @@ s_publish(sb_ingest *in, const sb_zmq_env *env, sb_wire_request *w)
          * descriptors, not of disk. */
         for (uint32_t i = 0; i < req->nevents; i++)
             if (req->ev[i].status == SB_OK)
-                req->ev[i].status = full == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
+                req->ev[i].status = full == 2 ? SB_EBUSY : SB_ESTORAGE;
         req->naccepted = 0;
         refused = req->nevents;
     }

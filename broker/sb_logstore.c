@@ -136,7 +136,7 @@ struct sb_logstore {
     int batch_eof; /* EOF read from `batch_in` */
     int refusing;  /* a write or sync failed: what is read is held */
     int low_space; /* no room reserved for the next segment */
-    int low_kind;  /* why, as low_space holds it: SB_ESTORAGE or SB_EBUSY */
+    int low_kind;  /* why, as low_space holds it: 1 disk, 2 descriptors */
     uint64_t retry_at;
     uint64_t reserve_at;
     uint64_t last_sync_ms;
@@ -167,9 +167,9 @@ s_flush(sb_logstore *a, s_fifo *q, sb_link *l, int which)
     return moved;
 }
 
-/* The ingest refuses publishes while either holds: `full` is the sb_err
- * it answers with (SB_ESTORAGE, or SB_EBUSY when the cause was running out
- * of descriptors rather than disk), 0 when it takes them. */
+/* The ingest refuses publishes while either holds: `full` is 1 (storage
+ * full) or 2 (out of descriptors, not disk: SB_EBUSY), 0 when it takes
+ * them. */
 static void
 s_update_full(sb_logstore *a)
 {
@@ -177,7 +177,7 @@ s_update_full(sb_logstore *a)
 
     if (full != atomic_load(&a->full)) {
         atomic_store(&a->full, full);
-        atomic_store(&a->st.storage_full, (uint64_t)(full == SB_ESTORAGE));
+        atomic_store(&a->st.storage_full, (uint64_t)(full == 1));
         if (full)
             atomic_fetch_add(&a->st.storage_episodes, 1);
     }
@@ -190,7 +190,7 @@ s_refuse(sb_logstore *a, sb_err rc, const char *what, uint64_t now)
     a->retry_at = now + S_RETRY_MS;
     if (a->refusing)
         return;
-    a->refusing = rc == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
+    a->refusing = rc == SB_EBUSY ? 2 : 1;
     s_update_full(a);
     SB_LOG(SB_LOG_WARN, "logstore.storage_refused",
            "op=%s err=%s errno=%d held=%zu retry_ms=%d", what, sb_strerror(rc),
@@ -220,7 +220,7 @@ s_check_reserve(sb_logstore *a, uint64_t now)
     if (!sb_store_reserved(a->store) && now >= a->reserve_at) {
         sb_err rc = sb_store_reserve(a->store);
         a->reserve_at = now + S_RETRY_MS;
-        a->low_kind = rc == SB_EBUSY ? SB_EBUSY : SB_ESTORAGE;
+        a->low_kind = rc == SB_EBUSY ? 2 : 1;
         if (rc != SB_OK && !a->low_space)
             SB_LOG(SB_LOG_WARN, "logstore.low_space",
                    "err=%s errno=%d why=\"no room for the next segment: "
@@ -601,7 +601,7 @@ sb_logstore_new(sb_logstore **out, const sb_logstore_args *args)
         a->nrebatch = args->nrebatch;
     }
     atomic_init(&a->full, 0);
-    a->low_kind = SB_ESTORAGE;
+    a->low_kind = 1;
     sb_store_set_keep_unsynced(store, args->sync != SB_SYNC_NONE);
     s_publish_store_stats(a);
     if ((rc = sb_actor_new(&a->actor, "logstore", s_run, a)) != SB_OK)

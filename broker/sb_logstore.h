@@ -95,7 +95,9 @@ void sb_logstore_destroy(sb_logstore **lp);
 /* Waits for the thread to exit after both EOFs (SB_ETIMEDOUT if not yet). */
 sb_err sb_logstore_wait(sb_logstore *l, int timeout_ms);
 sb_logstore_stats *sb_logstore_stats_get(sb_logstore *l);
-/* 1 while the store refuses writes: the ingest refuses publishes. */
+/* Non-zero while the store refuses writes: the ingest refuses publishes,
+ * with ERR_STORAGE_FULL when it is 1, ERR_BUSY when it is 2 (the log ran
+ * out of file descriptors, not of disk). */
 atomic_int *sb_logstore_full_flag(sb_logstore *l);
 
 /* Fetch from the log, for the fan-out's query socket when its memory ring

@@ -59,7 +59,8 @@ s_fault(sb_os_op op, size_t *len, void *ctx)
     (void)len;
     if (op == SB_OS_OP_WRITE) {
         atomic_fetch_add(&f->writes, 1);
-        return atomic_load(&f->fail_write) ? ENOSPC : 0;
+        int e = atomic_load(&f->fail_write); /* 1: ENOSPC, else the errno */
+        return e == 1 ? ENOSPC : e;
     }
     if (op == SB_OS_OP_SYNC) {
         if (atomic_load(&f->fail_sync))
@@ -322,6 +323,38 @@ test_refusing_disk_holds_in_order_then_resumes(void **state)
     assert_int_equal(atomic_load(sb_logstore_full_flag(f->ls)), 0);
 }
 
+/* Out of descriptors is not a full disk: the flag says 2 (the ingest
+ * answers ERR_BUSY), storage_full stays 0, and the held requests go on
+ * once writes work again. */
+static void
+test_out_of_descriptors_refuses_busy_not_full(void **state)
+{
+    fx_t *f = *state;
+    sb_req *reqs[4];
+
+    s_start(f, NULL, 0);
+    atomic_store(&f->fx.fail_write, EMFILE);
+    for (int i = 0; i < 4; i++) {
+        reqs[i] = s_req(f, 5, i % 2, SB_ACK_DURABLE, (uint64_t)i + 1);
+        s_send(f->in, SB_ITEM_REQ, reqs[i]);
+    }
+    for (int i = 0; i < 500 && atomic_load(sb_logstore_full_flag(f->ls)) == 0; i++)
+        poll(NULL, 0, 10);
+    assert_int_equal(atomic_load(sb_logstore_full_flag(f->ls)), 2);
+    sb_logstore_stats *st = sb_logstore_stats_get(f->ls);
+    assert_int_equal(atomic_load(&st->storage_full), 0);
+    atomic_store(&f->fx.fail_write, 0);
+    for (int i = 0; i < 4; i++) {
+        sb_item it = s_recv(f->out);
+        assert_ptr_equal(it.ptr, reqs[i]);
+        sb_req_unref(it.ptr);
+        it = s_recv(f->rep);
+        assert_int_equal(((sb_reply *)it.ptr)->request_id, (uint64_t)i + 1);
+        free(it.ptr);
+    }
+    assert_int_equal(atomic_load(sb_logstore_full_flag(f->ls)), 0);
+}
+
 static void
 test_batches_pass_after_their_record_and_eofs_drain(void **state)
 {
@@ -479,6 +512,8 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_refusing_disk_holds_in_order_then_resumes, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_out_of_descriptors_refuses_busy_not_full, setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_batches_pass_after_their_record_and_eofs_drain, setup,
             teardown),
