@@ -388,13 +388,17 @@ sb_publisher_destroy(sb_publisher **pp)
         free(p->prec.copy);
     }
     free(p->hdr);
+    /* The monitor stops before its reader closes: libzmq's I/O thread
+     * sends events blocking, holding the lock zmq_socket_monitor takes,
+     * and with no reader left it would wait for ever. */
+    if (p->sock != NULL && p->mon != NULL)
+        zmq_socket_monitor(p->sock, NULL, 0);
     if (p->mon != NULL)
         zmq_close(p->mon);
-    if (p->sock != NULL) {
-        if (p->mon != NULL)
-            zmq_socket_monitor(p->sock, NULL, 0);
+    if (p->sock != NULL && p->unauth) /* refused: nothing can go out now */
+        s_setopt_int(p->sock, ZMQ_LINGER, 0);
+    if (p->sock != NULL)
         zmq_close(p->sock);
-    }
     /* Waits up to ZMQ_LINGER for queued sends; once it returns, ZeroMQ
      * has released every message, so no s_free_buf can run any more. */
     if (p->zctx != NULL)
@@ -699,6 +703,9 @@ s_wait(sb_publisher *p, short events, uint64_t deadline)
     zmq_pollitem_t it[2] = {{p->sock, 0, events, 0},
                             {p->mon, 0, ZMQ_POLLIN, 0}};
     uint64_t expiry = s_next_expiry(p);
+
+    if (p->unauth) /* seen before: nothing more will come */
+        return SB_EUNAUTH;
     uint64_t until = expiry < deadline ? expiry : deadline;
     int n = zmq_poll(it, p->mon != NULL ? 2 : 1, s_remaining(until));
 

@@ -126,6 +126,8 @@ s_live(void *ctx, sb_snapshot **out, int wait_ms)
     uint64_t deadline = sbc_deadline(wait_ms);
 
     for (;;) {
+        if (s->watch.refused)
+            return SB_EUNAUTH;
         zmq_pollitem_t it[2] = {{s->sock, 0, ZMQ_POLLIN, 0},
                                 {s->watch.mon, 0, ZMQ_POLLIN, 0}};
         int n = zmq_poll(it, s->watch.mon != NULL ? 2 : 1,

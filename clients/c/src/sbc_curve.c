@@ -131,8 +131,11 @@ sbc_curve_watch_stop(sbc_curve_watch *w, void *sock)
 {
     if (w->mon == NULL)
         return;
-    zmq_close(w->mon);
-    w->mon = NULL;
+    /* The monitor first: libzmq's I/O thread sends events blocking, under
+     * the lock zmq_socket_monitor takes; without a reader it would wait
+     * for ever. */
     if (sock != NULL)
         zmq_socket_monitor(sock, NULL, 0);
+    zmq_close(w->mon);
+    w->mon = NULL;
 }

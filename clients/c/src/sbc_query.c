@@ -259,6 +259,8 @@ s_wait(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
             until = 10; /* the socket was full: retry soon */
         if (w < 0 || w > until)
             w = until;
+        if (sbc_curve_refused(&q->watch))
+            return SB_EUNAUTH; /* libzmq will not connect it again */
         /* The monitor too: a refused key wakes us at once. */
         zmq_pollitem_t it[2] = {{q->sock, 0, ZMQ_POLLIN, 0},
                                 {q->watch.mon, 0, ZMQ_POLLIN, 0}};
