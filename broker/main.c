@@ -205,10 +205,14 @@ main(int argc, char **argv)
     }
     /* Requests and batches are large and short-lived, allocated by one
      * actor and freed by another: keep them on the heap rather than mmap
-     * and munmap each one, and stop free() from handing pages back to the
-     * kernel only to fault them in again a moment later. */
+     * and munmap each one. free() hands memory back only when 16 MiB lie
+     * free at the top of a heap: not after every request, but after a
+     * burst, such as frames peers dropped half-way through their handshake
+     * (docs/SECURITY.md). A higher threshold keeps such memory for good:
+     * the heaps of libzmq's I/O thread are at most 64 MiB each, so their top
+     * never reaches 256 MiB, and malloc_trim does not shrink them. */
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 16 << 20);
     sb_config_defaults(&cfg);
     if (((file = sb_config_file_arg(argc, argv)) != NULL &&
          sb_config_load_file(&cfg, file, why, sizeof why) != SB_OK) ||

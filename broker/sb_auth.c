@@ -351,15 +351,18 @@ s_endpoint_port(const char *ep)
 
 /* Closes a connection libzmq has just accepted, without taking its
  * descriptor away from libzmq: shutdown() makes its engine see the end of
- * the stream and close the descriptor itself. Should the connection be
- * gone already and the number reused, the socket's local port must still
- * be the listener's before anything is done. */
+ * the stream and close the descriptor itself. A zero linger makes that
+ * close a reset: a plain FIN would leave the kernel holding the peer's
+ * unread bytes (and the peer's writes hanging) in FIN-WAIT-2. Should the
+ * connection be gone already and the number reused, the socket's local
+ * port must still be the listener's before anything is done. */
 static void
 s_shut(uint64_t fd, const char *endpoint)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     unsigned want = s_endpoint_port(endpoint), port = 0;
+    struct linger abort_close = {1, 0};
 
     if (getsockname((int) fd, (struct sockaddr *) &ss, &len) != 0)
         return;
@@ -371,6 +374,9 @@ s_shut(uint64_t fd, const char *endpoint)
         return;
     if (want != 0 && port != want)
         return;
+    if (ss.ss_family != AF_UNIX)
+        setsockopt((int) fd, SOL_SOCKET, SO_LINGER, &abort_close,
+                   sizeof abort_close);
     shutdown((int) fd, SHUT_RDWR);
 }
 
