@@ -37,6 +37,20 @@
 #include "harness.h"
 #include <snapbus/snapbus.h>
 
+/* The broker's resident set means something only without a sanitizer:
+ * ASan's allocator keeps freed memory in quarantine and adds shadow
+ * memory, so there the figures are printed, not asserted. */
+#if defined(__SANITIZE_ADDRESS__)
+#define S_RSS_CHECKS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define S_RSS_CHECKS 0
+#endif
+#endif
+#ifndef S_RSS_CHECKS
+#define S_RSS_CHECKS 1
+#endif
+
 #define S_PEERS 40
 #define S_MAX_HANDSHAKES 8
 #define S_MAXMSG (8u << 20) /* 2 x the default limits.max_message_bytes */
@@ -431,8 +445,10 @@ test_unauthenticated_peers_hold_bounded_memory(void **state)
            "+%ld KiB; transient peak %ld KiB; %d peers closed by the broker "
            "while writing\n", base, S_MAX_HANDSHAKES, held, held - base,
            bound_kb, peak, closed);
-    assert_true(held - base <= bound_kb);
-    assert_true(held - base >= S_MAX_HANDSHAKES * (long) (fill >> 10) / 2);
+    if (S_RSS_CHECKS) {
+        assert_true(held - base <= bound_kb);
+        assert_true(held - base >= S_MAX_HANDSHAKES * (long) (fill >> 10) / 2);
+    }
 
     /* They go: the memory goes back, once the broker has seen them go
      * and trimmed. */
@@ -447,13 +463,14 @@ test_unauthenticated_peers_hold_bounded_memory(void **state)
     assert_int_equal(s_metric(f, "snapbus_conn_handshaking"), 0);
     long after = -1;
     for (int i = 0; i < 200; i++) {
-        if ((after = sbt_broker_rss_kb(&f->b)) <= base + 8192)
+        if ((after = sbt_broker_rss_kb(&f->b)) <= base + 8192 || !S_RSS_CHECKS)
             break;
         usleep(50000);
     }
     printf("# pre-auth RSS after the peers left: %ld KiB (base %ld)\n", after,
            base);
-    assert_true(after <= base + 8192);
+    if (S_RSS_CHECKS)
+        assert_true(after <= base + 8192);
 
     /* The legitimate clients lost nothing, before, during and after. */
     for (int i = 0; i < 100; i++)
