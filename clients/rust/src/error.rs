@@ -10,9 +10,10 @@ use crate::pb;
 use std::fmt;
 
 /// What a refusal applied to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Scope {
     /// `Reply.error`: nothing of the request was done.
+    #[default]
     Request,
     /// `EventResult.error`: this event only; the request's other events
     /// were handled on their own.
@@ -20,7 +21,7 @@ pub enum Scope {
 }
 
 /// The details every refusal by the broker carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Refusal {
     pub scope: Scope,
     /// The broker's words, for people and logs: decide on the variant.

@@ -172,6 +172,12 @@ pub struct Batch {
     pub filled: bool,
 }
 
+impl From<pb::SnapshotBatch> for Batch {
+    fn from(b: pb::SnapshotBatch) -> Batch {
+        Batch::from_pb(b, false)
+    }
+}
+
 impl Batch {
     pub(crate) fn from_pb(b: pb::SnapshotBatch, filled: bool) -> Batch {
         let agg = b.aggregate;
