@@ -32,6 +32,8 @@ pub(crate) struct SockOpts<'a> {
     pub sndhwm: i32,
     pub rcvhwm: i32,
     pub linger_ms: i32,
+    /// Kernel receive buffer, bytes (0: the system's).
+    pub rcvbuf: i32,
     pub curve: &'a Option<CurveKeys>,
 }
 
@@ -45,6 +47,9 @@ pub(crate) fn socket(
     s.set_sndhwm(o.sndhwm)?;
     s.set_rcvhwm(o.rcvhwm)?;
     s.set_linger(o.linger_ms)?;
+    if o.rcvbuf > 0 {
+        s.set_rcvbuf(o.rcvbuf)?;
+    }
     apply_curve(&s, o.curve)?;
     s.connect(endpoint).map_err(|e| {
         Error::Config(format!(

@@ -214,6 +214,7 @@ impl PublisherBuilder {
                 sndhwm: self.sndhwm,
                 rcvhwm,
                 linger_ms: 1000,
+                rcvbuf: 0,
                 curve: &self.curve,
             },
         )?;

@@ -29,6 +29,7 @@ pub struct SubscriberBuilder {
     subs: Vec<(String, bool)>,
     resume_from_seq: u64,
     rcvhwm: i32,
+    rcvbuf: i32,
     probe: Duration,
     fetch_timeout: Duration,
     fetch_retries: u32,
@@ -59,6 +60,11 @@ impl SubscriberBuilder {
     /// over.
     pub fn rcvhwm(mut self, n: i32) -> Self {
         self.rcvhwm = n;
+        self
+    }
+    /// The SUB socket's kernel receive buffer in bytes (0: the system's).
+    pub fn rcvbuf(mut self, bytes: i32) -> Self {
+        self.rcvbuf = bytes;
         self
     }
     /// The header probe's period (500 ms), docs/SUBSCRIBING.md section 3.
@@ -107,6 +113,7 @@ impl SubscriberBuilder {
                 sndhwm: 1000,
                 rcvhwm: self.rcvhwm,
                 linger_ms: 0,
+                rcvbuf: self.rcvbuf,
                 curve: &self.curve,
             },
         )?;
@@ -125,6 +132,7 @@ impl SubscriberBuilder {
                 sndhwm: 1000,
                 rcvhwm: 1000,
                 linger_ms: 0,
+                rcvbuf: 0,
                 curve: &self.curve,
             },
         )?;
@@ -299,6 +307,7 @@ impl Subscriber {
             subs: Vec::new(),
             resume_from_seq: 0,
             rcvhwm: 100_000,
+            rcvbuf: 0,
             probe: Duration::from_millis(500),
             fetch_timeout: Duration::from_secs(5),
             fetch_retries: 3,
