@@ -247,7 +247,7 @@ fn hundred_thousand_acked_events_none_lost() {
     assert_eq!(seqs.len() as u64, N);
     let (batches, sdt, st) = reader.join().unwrap();
     let got = check_stream(&batches);
-    let mut g = got.clone();
+    let mut g = got;
     g.sort_unstable();
     assert_eq!(g, seqs, "the subscriber received exactly the acked events");
     println!(

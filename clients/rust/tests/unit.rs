@@ -77,7 +77,7 @@ fn reply_and_batch_of_the_worked_example() {
          a1 34 50 01 60 01 5a 14 08 01 10 01 22 06 43 6f 6d 6d 69 74 2a 02 01 02
          38 64 60 01",
     );
-    let b = codec::decode_live(&[topic.clone(), batch.clone()]).unwrap();
+    let b = codec::decode_live(&[topic, batch.clone()]).unwrap();
     let m = snapbus::Batch::from(b);
     assert_eq!(
         (m.aggregate.as_str(), m.batch_id, m.first_seq, m.last_seq),
