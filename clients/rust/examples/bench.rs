@@ -16,15 +16,21 @@ use std::time::{Duration, Instant};
 fn main() -> snapbus::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 4 {
-        eprintln!("usage: bench INGEST PUB QUERY [EVENTS] [SIZE] [none|sequenced|durable|published]");
+        eprintln!(
+            "usage: bench INGEST PUB QUERY [EVENTS] [SIZE] [none|sequenced|durable|published]"
+        );
         std::process::exit(2);
     }
-    let n: u64 = a.get(4).map_or(1_000_000, |s| s.parse().expect("EVENTS: a number"));
+    let n: u64 = a
+        .get(4)
+        .map_or(1_000_000, |s| s.parse().expect("EVENTS: a number"));
     let size: usize = a.get(5).map_or(100, |s| s.parse().expect("SIZE: a number"));
     let level: AckLevel = a.get(6).map_or(Ok(AckLevel::Sequenced), |s| s.parse())?;
     let tag = format!("bench{}/", std::process::id());
 
-    let mut sub = Subscriber::builder(&a[2], &a[3]).prefix(tag.clone()).connect()?;
+    let mut sub = Subscriber::builder(&a[2], &a[3])
+        .prefix(tag.clone())
+        .connect()?;
     sub.start()?;
     let reader = std::thread::spawn(move || -> snapbus::Result<(f64, u64, u64)> {
         let mut got = 0u64;
@@ -40,7 +46,12 @@ fn main() -> snapbus::Result<()> {
                     got += b.events.len() as u64;
                 }
                 Some(other) => eprintln!("subscriber: {:?}", other),
-                None => return Err(snapbus::Error::Timeout(format!("subscriber: {} of {} events", got, n))),
+                None => {
+                    return Err(snapbus::Error::Timeout(format!(
+                        "subscriber: {} of {} events",
+                        got, n
+                    )))
+                }
             }
         }
         let dt = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -52,7 +63,11 @@ fn main() -> snapbus::Result<()> {
     let aggs: Vec<String> = (0..16).map(|i| format!("{}{}", tag, i)).collect();
     let t = Instant::now();
     for i in 0..n {
-        p.publish(&Event::new(aggs[(i % 16) as usize].clone(), "Bench", payload.clone()))?;
+        p.publish(&Event::new(
+            aggs[(i % 16) as usize].clone(),
+            "Bench",
+            payload.clone(),
+        ))?;
     }
     if !p.flush(Duration::from_secs(120))? {
         eprintln!("not every ack came in 120 s");

@@ -422,9 +422,11 @@ fn resume_from_a_saved_position() {
     }
     let saved = sub.position();
     drop(sub);
+    // Published (not only sequenced) before the resume: the catch-up
+    // must bring every one of them.
     for i in 0..200 {
-        p.publish(&Event::new(format!("res/{}", i % 5), "B", Vec::new()))
-            .unwrap();
+        let e = Event::new(format!("res/{}", i % 5), "B", Vec::new());
+        p.publish_with(&e, AckLevel::Published).unwrap();
     }
     assert!(p.flush(LONG).unwrap());
     let mut again = Subscriber::builder(&b.pubs, &b.query)
