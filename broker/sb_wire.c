@@ -554,7 +554,7 @@ sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
 
 sb_err
 sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err, const char *detail,
-                           const sb_fetch_info_w *f, uint8_t **buf, size_t *len)
+                           const sb_fetch_page *f, uint8_t **buf, size_t *len)
 {
     Snapbus__Reply m = SNAPBUS__REPLY__INIT;
     Snapbus__FetchReply fr = SNAPBUS__FETCH_REPLY__INIT;
