@@ -14,20 +14,12 @@
 
 #include "sb_log.h"
 
-static inline void
-sbt_log_discard(sb_log_level lvl, const char *line, void *ctx)
-{
-    (void)lvl;
-    (void)line;
-    (void)ctx;
-}
-
 /* The broker's log goes nowhere until sbt_log_restore: tests provoke
  * errors on purpose, and their lines would bury the test output. */
 static inline void
 sbt_log_quiet(void)
 {
-    sb_log_set_sink(sbt_log_discard, NULL);
+    sb_log_set_sink(sb_log_discard, NULL);
 }
 
 static inline void
