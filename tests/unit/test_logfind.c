@@ -128,7 +128,7 @@ teardown(void **state)
 static sb_ring_query
 s_query(void)
 {
-    sb_ring_query q = {NULL, 0, 0, 0, 0, NBATCH, 1u << 30, 100000, 0};
+    sb_ring_query q = {"", 0, 0, 0, 0, NBATCH, 1u << 30, 100000, 0};
     return q;
 }
 
