@@ -14,6 +14,10 @@
  * seq, aggregate seq, batch id (varints of at most 10 bytes). */
 #define S_REPLY_RESULT_WIRE 40
 
+/* Replies a publisher that reads them holds: the client library's default
+ * window. */
+#define SB_BUDGET_REPLY_WINDOW 64
+
 static uint64_t
 s_clamp(uint64_t v, uint64_t lo, uint64_t hi)
 {
@@ -55,15 +59,19 @@ sb_budget_plan_make(sb_budget_plan *p, const sb_config *c, char *why,
     p->log_group = s_clamp(b / 32, 1u << 20, 64u << 20);
     p->log_buffer = 2 * (p->log_group + msg);
     /* libzmq queues up to RCVHWM whole messages per publisher connection
-     * before it stops reading that connection, and SNDHWM replies: a
-     * sixteenth of the budget, and a sixty-fourth, sized by the largest
-     * message of each kind (never fewer than 4 requests and 16 replies,
-     * never more than broker.hwm). */
+     * before it stops reading that connection: a sixteenth of the budget
+     * in the largest frames (at least 4, at most broker.hwm). Replies
+     * keep broker.hwm: a reply the pipe cannot take is lost, and the
+     * ingest answers a whole window in a burst faster than libzmq's I/O
+     * thread may drain it on a loaded machine. A publisher that reads its
+     * replies holds at most its window of them (the client's default: 64
+     * requests); one that does not can hold broker.hwm of them, which is
+     * the per-connection term docs/ARCHITECTURE.md gives. */
     p->ingest_rcvhwm = (int) s_clamp(b / 16 / (uint64_t) p->ingest_maxmsgsize, 4,
                                      c->hwm > 4 ? c->hwm : 4);
-    p->ingest_sndhwm = (int) s_clamp(b / 64 / reply_wire, 16, c->hwm > 16 ? c->hwm : 16);
+    p->ingest_sndhwm = (int) c->hwm;
     p->zmq = (uint64_t) p->ingest_rcvhwm * (uint64_t) p->ingest_maxmsgsize +
-             (uint64_t) p->ingest_sndhwm * reply_wire + SB_BUDGET_CONN_BYTES;
+             SB_BUDGET_REPLY_WINDOW * reply_wire + SB_BUDGET_CONN_BYTES;
     p->requests_over = p->req_max + reply_mem;
 
     fixed = p->ring + p->outgoing + p->fetch + p->dedup + p->log_buffer +
