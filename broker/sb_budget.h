@@ -24,12 +24,14 @@
 #include "sb_msg.h"
 
 /* Per-event reservation the ingest adds to a request's charge: what its
- * events can cost downstream in batch structures (a pointer slot with the
- * array's doubling slack, and, for a batch of one event, the batch header
- * with its aggregate's name). A request outlives its batches (each event
- * in a batch holds a reference), so its charge covers them. */
+ * events can cost downstream in batch structures. A batch of n events has
+ * an array of max(4, 2n) pointers at most (it starts at 4 and doubles) and
+ * one header with its aggregate's name: 4 + 2 pointers and a header per
+ * event cover it however the events are batched. A request outlives its
+ * batches (each event in a batch holds a reference), so its charge covers
+ * them. */
 #define SB_BUDGET_EVENT_RESERVE(agg_len)                                       \
-    (2 * sizeof(sb_event *) + sizeof(sb_batch) + (size_t) (agg_len) + 1)
+    (6 * sizeof(sb_event *) + sizeof(sb_batch) + (size_t) (agg_len) + 1)
 
 /* The fixed per-connection cost of a ZeroMQ connection beyond its queued
  * messages (pipes, encoder and decoder buffers), near enough. */

@@ -67,7 +67,10 @@ sb_err
 sb_batch_push(sb_batch *b, sb_event *ev)
 {
     if (b->n == b->cap) {
-        uint32_t cap = b->cap ? b->cap * 2 : 16;
+        /* Small first: with batching delay 0 most batches hold one or two
+         * events, and the memory budget charges every event for its share
+         * of the array (sb_budget.h). */
+        uint32_t cap = b->cap ? b->cap * 2 : 4;
         sb_event **ev2 = realloc(b->ev, cap * sizeof *ev2);
         if (ev2 == NULL)
             return SB_ENOMEM;
