@@ -249,6 +249,7 @@ test_burst_stopped_live_and_late_subscribers_lose_nothing(void **state)
     const char *args[] = {"--queue", "16", "--hwm", "100",
                           "--max-message-bytes", "262144",
                           "--max-payload-bytes", "65536",
+                          "--max-events-per-request", "1000",
                           "--default-delay-ms", "0", "--max-open-bytes",
                           "16M", "--retain-bytes", "128M", "--retain-batches",
                           "4000000", "--memory-budget", "256M",
