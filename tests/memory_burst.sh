@@ -14,6 +14,8 @@
 # usage: tests/memory_burst.sh [-n N] [-k K] [-s STOP] [-P P] [-m M]
 #                              [-b BUILD_DIR] [-- SNAPBUSD_ARGS...]
 # Defaults: N 10000000, K 10000, STOP 10, P 16, M 200000, BUILD_DIR build.
+# -P 0 runs the burst alone. With --metrics 127.0.0.1:0 among SNAPBUSD_ARGS
+# the budget's metrics are printed before each broker stops.
 # SNAPBUSD_ARGS go to both brokers (e.g. --memory-budget 256M).
 # Needs about 1.3 GB of free disk in ${TMPDIR:-/tmp} at the defaults.
 set -eu
@@ -66,6 +68,11 @@ start_broker() {
 
 stop_broker() {
     hwm=$(awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/$bpid/status")
+    # With --metrics among the broker's arguments: the budget's figures.
+    url=$(sed -n 's/^metrics=//p' "$work/ready")
+    if [ -n "$url" ] && command -v curl >/dev/null; then
+        curl -s "$url/metrics" | grep -E '^snapbus_(memory|pub_skipped|fetch_shortened)' || true
+    fi
     kill "$bpid"
     rc=0; wait "$bpid" || rc=$?
     bpid=
@@ -75,10 +82,18 @@ stop_broker() {
 echo "# generating $n events of 100 B over $k aggregates"
 "$cli" record --generate "$n" --aggregates "$k" --size 100 -o "$work/burst.rec"
 
+# A subscriber that notes when it ended and how.
+sub() { # name, record options...
+    name=$1; shift
+    rc=0
+    "$cli" record -e "$pub" -Q "$query" -n "$n" -T 120000 -o /dev/null "$@" || rc=$?
+    echo "$rc $(date +%s.%N)" >"$work/$name.done"
+}
+
 start_broker --default-delay-ms 0 --delay 'gen/1*=200' "$@"
-"$cli" record -e "$pub" -Q "$query" -n "$n" -T 120000 -o /dev/null &
+sub stopped &
 s1=$!
-"$cli" record -e "$pub" -Q "$query" -n "$n" -T 120000 -o /dev/null &
+sub live &
 s2=$!
 sleep 1 # the subscribers' hello (they would fill from retention anyway)
 t0=$(date +%s.%N)
@@ -95,20 +110,22 @@ while kill -0 "$rp" 2>/dev/null; do
     fi
     sleep 1
 done
-"$cli" record -e "$pub" -Q "$query" -r 1 -n "$n" -T 120000 -o /dev/null &
+sub late -r 1 &
 s3=$!
 wait "$rp"
 cat "$work/replay.out"
 fail=0
 for s in "$s1:stopped" "$s2:live" "$s3:late"; do
-    rc=0; wait "${s%%:*}" || rc=$?
+    wait "${s%%:*}" || true
     name=${s#*:}
-    echo "subscriber $name: exit $rc"
+    read -r rc at <"$work/$name.done"
+    echo "subscriber $name: exit $rc, done $(awk -v a="$t0" -v b="$at" 'BEGIN { printf "%.1f", b - a }') s after the replay started"
     [ "$rc" -eq 0 ] || fail=1
 done
 stop_broker
 echo "burst: N=$n K=$k stop=${stop}s broker VmHWM ${hwm} MiB"
 
+[ "$p" -gt 0 ] || exit $fail
 echo "# $p publishers x $m acked events"
 "$cli" record --generate "$m" --aggregates "$k" --size 100 -o "$work/pub.rec"
 start_broker "$@"
