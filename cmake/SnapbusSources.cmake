@@ -15,8 +15,8 @@ endfunction()
 sb_sources(SB_COMMON_SRC common sb_err.c sb_keys.c sb_shard.c)
 
 # Broker services with no broker logic.
-sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_log.c sb_map.c
-  sb_msg.c sb_os.c)
+sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_link.c sb_log.c
+  sb_map.c sb_msg.c sb_os.c)
 
 # The on-disk log (sb_store.h; sb_store_int.h inside).
 sb_sources(SB_STORE_SRC broker sb_store_format.c sb_store_reader.c
@@ -25,8 +25,8 @@ sb_sources(SB_STORE_SRC broker sb_store_format.c sb_store_reader.c
 sb_sources(SB_WIRE_SRC broker sb_wire.c)
 
 # Actors and the rest of the broker.
-sb_sources(SB_CORE_SRC broker sb_actor.c sb_auth.c sb_config.c sb_dedup.c
-  sb_fanout.c sb_ingest.c sb_link.c sb_logstore.c sb_metrics.c sb_router.c
+sb_sources(SB_CORE_SRC broker sb_actor.c sb_auth.c sb_budget.c sb_config.c
+  sb_dedup.c sb_fanout.c sb_ingest.c sb_logstore.c sb_metrics.c sb_router.c
   sb_sequencer.c sb_timelock.c sb_zmq.c)
 
 set(SB_BROKER_MAIN ${CMAKE_SOURCE_DIR}/broker/main.c)

@@ -502,6 +502,45 @@ test_cost_per_event_printed(void **state)
     }
 }
 
+/* The memory budget's cap: past max_bytes the oldest event ids go first,
+ * then least recently used producers (tombstones keep their horizon), and
+ * the index never holds much more than the cap. */
+static void
+test_memory_cap_evicts_ids_then_producers(void **state)
+{
+    fx *f = *state;
+    sb_dedup_stats *st;
+    char id[16];
+
+    f->cfg.producers = 1000;
+    f->cfg.tombstones = 1000;
+    f->cfg.event_ids = 1000;
+    f->cfg.producer_window = 64;
+    f->cfg.max_bytes = 16u << 10;
+    s_open(f);
+    st = sb_dedup_stats_get(f->d);
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        assert_int_equal(s_offer(f, s_iev(f, id), NULL), SB_DEDUP_NEW);
+        assert_true(atomic_load(&st->mem_bytes) <= f->cfg.max_bytes);
+    }
+    assert_true(atomic_load(&st->id_evicted) > 0);
+    assert_int_equal(s_offer(f, s_iev(f, "id-199"), NULL), SB_DEDUP_DUPLICATE);
+    /* Producers with full windows: the ids go, then the oldest producers. */
+    for (int p = 0; p < 20; p++) {
+        snprintf(id, sizeof id, "P%d", p);
+        for (uint64_t q = 1; q <= 64; q++)
+            assert_int_equal(s_offer(f, s_pev(f, id, q), NULL), SB_DEDUP_NEW);
+        assert_true(atomic_load(&st->mem_bytes) <= f->cfg.max_bytes);
+    }
+    assert_int_equal(atomic_load(&st->ids), 0);
+    assert_true(atomic_load(&st->prod_evicted) > 0);
+    /* The newest producer is still answered; an evicted one is refused
+     * at its horizon rather than taken twice. */
+    assert_int_equal(s_offer(f, s_pev(f, "P19", 64), NULL), SB_DEDUP_DUPLICATE);
+    assert_int_equal(s_offer(f, s_pev(f, "P0", 64), NULL), SB_DEDUP_BEYOND);
+}
+
 int
 main(void)
 {
@@ -523,6 +562,8 @@ main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_is_accounted, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_memory_cap_evicts_ids_then_producers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cost_per_event_printed, setup,
                                         teardown),
     };
