@@ -758,7 +758,7 @@ cli_bench(int argc, char **argv)
                 .window = 64,
                 .batch_events = 1000,
                 .batch_bytes = 256 * 1024,
-                .stall_ms = 5000,
+                .stall_ms = 30000,
                 .nruns = 1,
                 .modes = MODES_DEFAULT};
     int c, v;
