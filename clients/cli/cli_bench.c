@@ -50,8 +50,8 @@ static const struct {
 } s_modes[] = {
     {MODE_RAW, "raw", "ZeroMQ PUSH -> PULL, one message per event"},
     {MODE_FWD, "forwarder",
-     "ZeroMQ PUSH -> forwarder (zmq_proxy) -> PUB -> SUB, HWM off: "
-     "lossless"},
+     "ZeroMQ PUSH -> forwarder thread (a zmq_proxy loop) -> PUB -> SUB, "
+     "HWM off: lossless"},
     {MODE_ECHO_PIPE, "echo-pipelined",
      "ZeroMQ DEALER -> ROUTER echo, W messages in flight"},
     {MODE_ECHO, "echo", "ZeroMQ DEALER -> ROUTER echo, one at a time"},
@@ -87,17 +87,13 @@ static const struct {
 } s_groups[] = {
     {"all", (1 << MODE_COUNT) - 1},
     {"default", MODES_DEFAULT},
-    {"baselines", MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_ECHO |
-                      MODE_FSYNC},
+    {"baselines",
+     MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_ECHO | MODE_FSYNC},
     {"throughput", MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_NONE |
                        MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD | MODE_DURABLE},
     {"latency", MODE_ECHO | MODE_FSYNC | MODE_LAT_SEQ | MODE_LAT_PUBD |
                     MODE_LAT_DURABLE | MODE_LAT_DELIVER},
 };
-
-#define LAT_MODES                                                              \
-    (MODE_ECHO | MODE_FSYNC | MODE_LAT_SEQ | MODE_LAT_PUBD |                  \
-     MODE_LAT_DURABLE | MODE_LAT_DELIVER)
 
 /* ---- Progress (stderr, on a terminal only) ---------------------------- */
 
@@ -308,8 +304,8 @@ s_print_json(const bench *bn, const result *res, int n)
             s_json_num("mb_s", r->rate * (double)r->size / 1e6, "%.2f");
         if (r->cpu_us >= 0)
             s_json_num("cpu_us_per_event", r->cpu_us, "%.3f");
-        printf(",\"lost\":%" PRIu64 ",\"dup\":%" PRIu64
-               ",\"refused\":%" PRIu64 ",\"ok\":%s,\"lossless\":%s",
+        printf(",\"lost\":%" PRIu64 ",\"dup\":%" PRIu64 ",\"refused\":%" PRIu64
+               ",\"ok\":%s,\"lossless\":%s",
                r->lost, r->dup, r->refused, r->ok ? "true" : "false",
                r->lossy ? "false" : "true");
         if (r->lat) {
@@ -328,6 +324,30 @@ s_print_json(const bench *bn, const result *res, int n)
     printf("\n]}\n");
 }
 
+/* "PREFIX NAME  what", the text wrapped at 79 columns under itself. */
+static void
+s_mode_line(FILE *f, const char *prefix, const char *name, const char *what)
+{
+    int col = fprintf(f, "%s%-15s ", prefix, name), indent = col;
+    const char *w = what;
+
+    while (*w != '\0') {
+        size_t len = strcspn(w, " ");
+        if (col > indent && col + 1 + (int)len > 79) {
+            col = fprintf(f, "\n%s%*s", prefix, indent - (int)strlen(prefix),
+                          "") -
+                  1;
+        } else if (col > indent) {
+            fputc(' ', f);
+            col++;
+        }
+        col += fprintf(f, "%.*s", (int)len, w);
+        w += len;
+        w += strspn(w, " ");
+    }
+    fputc('\n', f);
+}
+
 static void
 s_legend(const result *res, int n, int lat)
 {
@@ -340,7 +360,7 @@ s_legend(const result *res, int n, int lat)
                     (res[i].mode[strlen(s_modes[m].name)] == '\0' ||
                      res[i].mode[strlen(s_modes[m].name)] == '+');
         if (shown)
-            printf("#   %-15s %s\n", s_modes[m].name, s_modes[m].what);
+            s_mode_line(stdout, "#   ", s_modes[m].name, s_modes[m].what);
     }
 }
 
@@ -364,15 +384,17 @@ s_print_table(const bench *bn, const result *res, int n)
         printf("# median of %d runs; lost, dup and refused are summed\n",
                bn->nruns);
     if (nt > 0) {
-        printf("# throughput: %" PRIu64 " events per run; W = %u; rate = "
-               "events / (first send .. last receipt or ack);\n"
-               "# vs raw, vs fwd = rate over raw's, over forwarder's; cpu = "
-               "snapbusd user+system CPU time per event\n",
+        printf("# throughput: %" PRIu64 " events a run, W = %u; rate = events "
+               "/ (first send ..\n"
+               "# last receipt or ack); vs raw, vs fwd: rate over raw's, over "
+               "forwarder's;\n"
+               "# cpu: snapbusd's CPU time (user + system, all threads) per "
+               "event\n",
                bn->events, bn->window);
         s_legend(res, n, 0);
-        printf("%-16s %6s %6s %9s %12s %8s %6s %6s %9s %8s %6s %7s%s\n",
-               "mode", "size", "aggs", "events", "rate (ev/s)", "MB/s",
-               "vs raw", "vs fwd", "cpu us/ev", "lost", "dup", "refused",
+        printf("%-16s %6s %6s %9s %12s %8s %6s %6s %9s %8s %6s %7s%s\n", "mode",
+               "size", "aggs", "events", "rate (ev/s)", "MB/s", "vs raw",
+               "vs fwd", "cpu us/ev", "lost", "dup", "refused",
                bn->curve || bn->pids ? "  vs plain" : "");
         for (int i = 0; i < n; i++) {
             const result *r = &res[i];
@@ -398,14 +420,14 @@ s_print_table(const bench *bn, const result *res, int n)
     }
     if (nl > 0) {
         printf("%s# latency, one at a time (window 1): %" PRIu64
-               " samples per run, in microseconds;\n"
-               "# x base = over the baseline's same percentile (echo; "
+               " samples a run, in us;\n"
+               "# x base: over the baseline's same percentile (echo; "
                "lat-durable: echo + fsync)\n",
                nt > 0 ? "\n" : "", bn->lat_events);
         s_legend(res, n, 1);
-        printf("%-16s %6s %8s %9s %9s %9s %11s %6s %6s %7s %9s %6s\n",
-               "mode", "size", "events", "p50", "p99", "p99.9", "base",
-               "p50 x", "p99 x", "p99.9 x", "cpu us/ev", "lost");
+        printf("%-16s %6s %8s %9s %9s %9s %11s %6s %6s %7s %9s %6s\n", "mode",
+               "size", "events", "p50", "p99", "p99.9", "base", "p50 x",
+               "p99 x", "p99.9 x", "cpu us/ev", "lost");
         for (int i = 0; i < n; i++) {
             const result *r = &res[i];
             char a[16], b[16], c[16], cpu[16];
@@ -429,22 +451,21 @@ s_print_table(const bench *bn, const result *res, int n)
 static void
 s_help(FILE *f)
 {
-    fprintf(
-        f,
-        "usage: snapbus bench [OPTIONS]\n"
-        "\n"
-        "Measures snapbus on loopback next to baselines run in the same\n"
-        "run (raw ZeroMQ, a ZeroMQ forwarder, a ZeroMQ echo, fdatasync),\n"
-        "each broker mode against a fresh snapbusd (delay 0) started from\n"
-        "a temp dir. Throughput modes report events/s, MB/s of payload,\n"
-        "the ratio to raw (and to the forwarder), and snapbusd's CPU time\n"
-        "per event; latency modes (window 1) report p50/p99/p99.9 in us\n"
-        "and their ratio to the echo round trip of the same run.\n"
-        "\n"
-        "modes (--modes; groups: all, default, baselines, throughput,\n"
-        "latency; default: all but none-lossy and published):\n");
+    fprintf(f,
+            "usage: snapbus bench [OPTIONS]\n"
+            "\n"
+            "Measures snapbus on loopback next to baselines run in the same\n"
+            "run (raw ZeroMQ, a ZeroMQ forwarder, a ZeroMQ echo, fdatasync),\n"
+            "each broker mode against a fresh snapbusd (delay 0) started from\n"
+            "a temp dir. Throughput modes report events/s, MB/s of payload,\n"
+            "the ratio to raw (and to the forwarder), and snapbusd's CPU time\n"
+            "per event; latency modes (window 1) report p50/p99/p99.9 in us\n"
+            "and their ratio to the echo round trip of the same run.\n"
+            "\n"
+            "modes (--modes; groups: all, default, baselines, throughput,\n"
+            "latency; default: all but none-lossy and published):\n");
     for (size_t m = 0; m < NMODES; m++)
-        fprintf(f, "  %-15s %s\n", s_modes[m].name, s_modes[m].what);
+        s_mode_line(f, "  ", s_modes[m].name, s_modes[m].what);
     fprintf(
         f,
         "\n"
@@ -533,8 +554,7 @@ s_curve_use(bench *bn, int on)
 }
 
 static int
-s_parse_list(const char *arg, uint64_t *out, int max, uint64_t lo,
-             uint64_t hi)
+s_parse_list(const char *arg, uint64_t *out, int max, uint64_t lo, uint64_t hi)
 {
     char *copy = strdup(arg), *save = NULL;
     int n = 0;
@@ -573,8 +593,9 @@ s_parse_modes(bench *bn, const char *arg)
             if (!strcmp(t, s_groups[g].name))
                 bits = s_groups[g].bits;
         if (!bits) {
-            fprintf(stderr, "snapbus bench: --modes: no mode '%s' (see "
-                            "--help)\n",
+            fprintf(stderr,
+                    "snapbus bench: --modes: no mode '%s' (see "
+                    "--help)\n",
                     t);
             free(copy);
             return -1;
@@ -606,11 +627,11 @@ s_rmdir(const char *dir)
  * many, or -1 if res would overflow. count_only: just count. *failed is
  * set when a run could not be made. */
 static int
-s_one_run(bench *bn, int run, result *res, int max, int count_only,
-          int total, int *failed)
+s_one_run(bench *bn, int run, result *res, int max, int count_only, int total,
+          int *failed)
 {
-    static const int tput[] = {MODE_NONE, MODE_NONE_LOSSY, MODE_SEQ,
-                               MODE_PUBD, MODE_DURABLE};
+    static const int tput[] = {MODE_NONE, MODE_NONE_LOSSY, MODE_SEQ, MODE_PUBD,
+                               MODE_DURABLE};
     static const int lat[] = {MODE_LAT_SEQ, MODE_LAT_PUBD, MODE_LAT_DURABLE,
                               MODE_LAT_DELIVER};
     int n = 0;
@@ -655,8 +676,7 @@ s_one_run(bench *bn, int run, result *res, int max, int count_only,
                     rc = cli_bench_forwarder(bn, size, r);
                 else
                     rc = cli_bench_echo(
-                        bn, size, base[b].bit == MODE_ECHO ? 1 : bn->window,
-                        r);
+                        bn, size, base[b].bit == MODE_ECHO ? 1 : bn->window, r);
             }
             if (rc != 0)
                 *failed = 1;
@@ -680,7 +700,10 @@ s_one_run(bench *bn, int run, result *res, int max, int count_only,
                         if (s_modes[k].bit == tput[m])
                             name = s_modes[k].name;
                     ROW("%s%s %zu B, %d aggregates", name,
-                        sfx[cv ? 1 : pid ? 2 : 0], size, bn->aggs[ai]);
+                        sfx[cv    ? 1
+                            : pid ? 2
+                                  : 0],
+                        size, bn->aggs[ai]);
                     if (!count_only) {
                         s_curve_use(bn, cv);
                         bn->producer_now = pid ? "bench-producer" : NULL;
@@ -789,8 +812,8 @@ cli_bench(int argc, char **argv)
             bn.window = (uint32_t)v;
             break;
         case 'g':
-            bad = (k = s_parse_list(optarg, list, BENCH_MAX_AGGS, 1, 100000)) <
-                  0;
+            bad =
+                (k = s_parse_list(optarg, list, BENCH_MAX_AGGS, 1, 100000)) < 0;
             for (int i = 0; !bad && i < k; i++)
                 bn.aggs[i] = (int)list[i];
             if (!bad)
@@ -838,8 +861,9 @@ cli_bench(int argc, char **argv)
             return CLI_USAGE;
         }
         if (bad) {
-            fprintf(stderr, "snapbus bench: bad value '%s' for option -%c "
-                            "(see --help for the ranges)\n",
+            fprintf(stderr,
+                    "snapbus bench: bad value '%s' for option -%c "
+                    "(see --help for the ranges)\n",
                     optarg, c);
             return CLI_USAGE;
         }
@@ -860,8 +884,8 @@ cli_bench(int argc, char **argv)
     /* A subscriber that stops reading must not kill us through SIGPIPE
      * on a pipe we print to; and a broker that dies is seen via waitpid. */
     signal(SIGPIPE, SIG_IGN);
-    if (!(bn.modes & (MODE_NONE | MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD |
-                      MODE_DURABLE)))
+    if (!(bn.modes &
+          (MODE_NONE | MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD | MODE_DURABLE)))
         bn.curve = bn.pids = 0; /* nothing to compare */
     if (bn.curve && s_curve_setup(&bn) != 0) {
         s_rmdir(bn.dir);

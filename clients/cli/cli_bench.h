@@ -39,8 +39,8 @@ enum {
     (MODE_NONE | MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD | MODE_DURABLE |       \
      MODE_LAT_SEQ | MODE_LAT_PUBD | MODE_LAT_DURABLE | MODE_LAT_DELIVER)
 #define MODES_DEFAULT                                                          \
-    (MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_ECHO | MODE_FSYNC |          \
-     MODE_NONE | MODE_SEQ | MODE_DURABLE | MODE_LAT_SEQ | MODE_LAT_PUBD |     \
+    (MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_ECHO | MODE_FSYNC |           \
+     MODE_NONE | MODE_SEQ | MODE_DURABLE | MODE_LAT_SEQ | MODE_LAT_PUBD |      \
      MODE_LAT_DURABLE | MODE_LAT_DELIVER)
 
 typedef struct {
@@ -103,8 +103,7 @@ typedef struct {
 int cli_bench_raw(const bench *bn, size_t size, result *res);
 int cli_bench_forwarder(const bench *bn, size_t size, result *res);
 /* window 1: a latency row ("echo"); else a rate ("echo-pipelined"). */
-int cli_bench_echo(const bench *bn, size_t size, uint32_t window,
-                   result *res);
+int cli_bench_echo(const bench *bn, size_t size, uint32_t window, result *res);
 int cli_bench_fsync(const bench *bn, result *res);
 
 /* Through a fresh snapbusd (cli_bench_broker.c). mode is one MODE_ bit of

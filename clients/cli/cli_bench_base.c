@@ -37,8 +37,7 @@
 /* Options are set before the bind: a listener copies the socket's options
  * when it is made, and the connections it accepts get that copy. */
 static void *
-s_socket(void *zctx, int type, const char *bind_to, char *endpoint,
-         size_t len)
+s_socket(void *zctx, int type, const char *bind_to, char *endpoint, size_t len)
 {
     void *s = zmq_socket(zctx, type);
     int zero = 0;
@@ -212,14 +211,13 @@ cli_bench_forwarder(const bench *bn, size_t size, result *res)
     pthread_t tf, tp, tq;
     int zero = 0, started = 0, rc = -1;
 
-    snprintf(f.control, sizeof f.control, "inproc://bench-fwd-%p",
-             (void *)&f);
+    snprintf(f.control, sizeof f.control, "inproc://bench-fwd-%p", (void *)&f);
     if ((f.zctx = r.zctx = zmq_ctx_new()) == NULL)
         goto out;
     f.pull = s_socket(f.zctx, ZMQ_PULL, "tcp://127.0.0.1:*", r.endpoint,
                       sizeof r.endpoint);
-    f.pub = s_socket(f.zctx, ZMQ_PUB, "tcp://127.0.0.1:*", pub_ep,
-                     sizeof pub_ep);
+    f.pub =
+        s_socket(f.zctx, ZMQ_PUB, "tcp://127.0.0.1:*", pub_ep, sizeof pub_ep);
     ctl = s_socket(f.zctx, ZMQ_PAIR, f.control, f.control, sizeof f.control);
     sub = s_socket(f.zctx, ZMQ_SUB, NULL, NULL, 0);
     warm = s_socket(f.zctx, ZMQ_PUSH, NULL, NULL, 0);
@@ -359,8 +357,7 @@ cli_bench_echo(const bench *bn, size_t size, uint32_t window, result *res)
         }
     }
     t1 = cli_now_ns();
-    s_rate(res, window == 1 ? "echo" : "echo-pipelined", size, n, got, t0,
-           t1);
+    s_rate(res, window == 1 ? "echo" : "echo-pipelined", size, n, got, t0, t1);
     if (window == 1)
         cli_bench_latency(res, ns, got);
     rc = 0;

@@ -290,9 +290,8 @@ s_broker_cpu_ns(const broker *br)
     buf[n] = '\0';
     char *p = strrchr(buf, ')');
     if (p == NULL || hz <= 0 ||
-        sscanf(p + 1,
-               " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-               &stime) != 2)
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &stime) != 2)
         return 0;
     return (ut + stime) * 1000000000ull / (unsigned long long)hz;
 }
@@ -327,7 +326,7 @@ typedef struct {
     uint8_t *bitmap;
     _Atomic uint64_t got; /* distinct events of the run */
     uint64_t dup;
-    uint64_t stray; /* seqs beyond the run */
+    uint64_t stray;  /* seqs beyond the run */
     uint64_t losses; /* SB_ENOENT from recv */
     uint64_t t_last;
     sb_subscriber_stats st;
@@ -439,7 +438,8 @@ s_show_missing(const bench *bn, const sub_run *r, const broker *br)
                !(r->bitmap[(end + 1) >> 3] & (1u << ((end + 1) & 7))))
             end++;
         /* Did the broker publish them? Its retention says. */
-        sb_fetch_opts fo = {.from_seq = base + 1 + k, .to_seq = base + 1 + end,
+        sb_fetch_opts fo = {.from_seq = base + 1 + k,
+                            .to_seq = base + 1 + end,
                             .curve = bn->curve_opts};
         sb_fetch_info fi;
         uint64_t held = 0;
@@ -933,8 +933,7 @@ out_free:
 }
 
 int
-cli_bench_broker_mode(bench *bn, int mode, size_t size, int aggs,
-                      result *res)
+cli_bench_broker_mode(bench *bn, int mode, size_t size, int aggs, result *res)
 {
     res->size = size;
     res->aggregates = aggs;
