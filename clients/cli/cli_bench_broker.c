@@ -438,9 +438,11 @@ s_show_missing(const bench *bn, const sub_run *r, const broker *br)
                !(r->bitmap[(end + 1) >> 3] & (1u << ((end + 1) & 7))))
             end++;
         /* Did the broker publish them? Its retention says. */
-        sb_fetch_opts fo = {.from_seq = base + 1 + k,
-                            .to_seq = base + 1 + end,
-                            .curve = bn->curve_opts};
+        sb_fetch_opts fo;
+        sb_fetch_opts_defaults(&fo);
+        fo.from_seq = base + 1 + k;
+        fo.to_seq = base + 1 + end;
+        fo.curve = bn->curve_opts;
         sb_fetch_info fi;
         uint64_t held = 0;
         sb_err fe = sb_fetch(br->query, &fo, s_count_batch, &held, &fi, 2000);
