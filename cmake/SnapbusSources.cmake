@@ -34,9 +34,9 @@ set(SB_BROKER_MAIN ${CMAKE_SOURCE_DIR}/broker/main.c)
 sb_sources(SB_CLIENT_SRC clients/c/src sb_fetch.c sb_publisher.c sb_snapshot.c
   sb_subscriber.c sbc_curve.c sbc_query.c sbc_sub.c sbc_util.c)
 
-sb_sources(SB_CLI_SRC clients/cli cli_bench.c cli_keys.c cli_log.c cli_pub.c
-  cli_record.c cli_replay.c cli_shard.c cli_stat.c cli_sub.c cli_subscribe.c
-  main.c)
+sb_sources(SB_CLI_SRC clients/cli cli_bench.c cli_bench_base.c
+  cli_bench_broker.c cli_keys.c cli_log.c cli_pub.c cli_record.c cli_replay.c
+  cli_shard.c cli_stat.c cli_sub.c cli_subscribe.c main.c)
 
 # A .c file in these folders that no list above names would silently go
 # unbuilt (and its tests with it): refuse to configure instead.
