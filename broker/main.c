@@ -29,6 +29,7 @@
 #include "sb_logstore.h"
 #include "sb_metrics.h"
 #include "sb_msg.h"
+#include "sb_os.h"
 #include "sb_fanout.h"
 #include "sb_router.h"
 #include "sb_sequencer.h"
@@ -162,6 +163,31 @@ s_write_ready(const char *path, const char *ingest, const char *pub,
     return rename(tmp, path); /* readers never see half a file */
 }
 
+/* The log directory is locked too, even when it lies inside data_dir:
+ * another broker's storage.dir may name it. */
+static int
+s_lock_dir(const char *dir, int *fd)
+{
+    long holder = 0;
+    sb_err rc = sb_os_mkdirs(dir);
+
+    if (rc == SB_OK)
+        rc = sb_os_lock_dir(dir, fd, &holder);
+    if (rc == SB_EAGAIN) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_locked",
+               "dir=%s pid=%ld why=\"another broker (PID %ld) holds %s/LOCK: "
+               "stop it, or give this broker its own --data-dir and storage.dir\"",
+               dir, holder, holder, dir);
+        return -1;
+    }
+    if (rc != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_lock", "dir=%s err=\"%s\"", dir,
+               strerror(sb_os_errno()));
+        return -1;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -185,6 +211,7 @@ main(int argc, char **argv)
     char secret[SB_KEY_Z85_LEN + 1] = "";
     sb_clock clock = sb_clock_system();
     int status = 1;
+    int lock_fd[2] = {-1, -1}; /* held, never closed: the kernel drops them at exit */
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -267,6 +294,17 @@ main(int argc, char **argv)
                strerror(errno));
         return 1;
     }
+    if (cfg.storage.dir[0] == '\0' &&
+        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
+                          cfg.data_dir) >= sizeof cfg.storage.dir) {
+        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
+        return 1;
+    }
+    /* One broker per directory, before anything is bound or read: two
+     * brokers appending to one log overwrite each other's acked events. */
+    if (s_lock_dir(cfg.data_dir, &lock_fd[0]) != 0 ||
+        s_lock_dir(cfg.storage.dir, &lock_fd[1]) != 0)
+        return 1;
     /* Metrics first, with signals blocked (its thread inherits the mask),
      * so /healthz answers while the rest starts. */
     if (cfg.metrics[0] != '\0' &&
@@ -274,12 +312,6 @@ main(int argc, char **argv)
         goto out;
     /* The log before anything else: every number the actors start from
      * comes out of its recovery. */
-    if (cfg.storage.dir[0] == '\0' &&
-        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
-                          cfg.data_dir) >= sizeof cfg.storage.dir) {
-        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
-        goto out;
-    }
     sb_err src = sb_store_open(&store, &cfg.storage, &rec);
     if (src != SB_OK) {
         SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=%s", cfg.storage.dir,

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -462,6 +463,89 @@ test_sigterm_during_burst_loses_no_acked_event(void **state)
     free(body);
 }
 
+/* Runs a shell command; its exit status, with stdout and stderr in out. */
+static int
+s_run(const char *cmd, char *out, size_t cap)
+{
+    char full[4096];
+    FILE *p;
+    size_t n = 0;
+
+    snprintf(full, sizeof full, "{ %s ; } 2>&1", cmd);
+    if ((p = popen(full, "r")) == NULL)
+        return -1;
+    while (n + 1 < cap) {
+        size_t got = fread(out + n, 1, cap - 1 - n, p);
+        if (got == 0)
+            break;
+        n += got;
+    }
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A second broker on a data directory in use exits at once, naming the
+ * directory and the PID holding it; the log readers work beside the
+ * running broker; once it stops the directory is free again. */
+static void
+test_one_broker_per_data_dir(void **state)
+{
+    static sbt_broker b;
+    char cmd[1024], out[8192], want[256], data[128];
+
+    (void) state;
+    assert_int_equal(sbt_broker_start(&b, NULL), 0);
+    s_running = &b;
+    snprintf(data, sizeof data, "%s/data", b.dir);
+
+    snprintf(cmd, sizeof cmd,
+             "%s --data-dir %s --ingest tcp://127.0.0.1:* --pub tcp://127.0.0.1:* "
+             "--query tcp://127.0.0.1:*", SNAPBUSD_PATH, data);
+    uint64_t t0 = sbt_now_ms();
+    int rc = s_run(cmd, out, sizeof out);
+    assert_int_not_equal(rc, 0);
+    snprintf(want, sizeof want, "dir=%s pid=%ld ", data, (long) b.pid);
+    if (strstr(out, want) == NULL)
+        fail_msg("no \"%s\" in: %s", want, out);
+    assert_non_null(strstr(out, "event=broker.dir_locked"));
+    printf("# second broker on the same data_dir: exit %d in %llu ms\n", rc,
+           (unsigned long long) (sbt_now_ms() - t0));
+
+    /* Its log directory named as another broker's storage.dir. */
+    snprintf(cmd, sizeof cmd,
+             "%s --data-dir %s/other --set storage.dir=%s/log "
+             "--ingest tcp://127.0.0.1:* --pub tcp://127.0.0.1:* "
+             "--query tcp://127.0.0.1:*", SNAPBUSD_PATH, b.dir, data);
+    assert_int_not_equal(s_run(cmd, out, sizeof out), 0);
+    snprintf(want, sizeof want, "dir=%s/log pid=%ld ", data, (long) b.pid);
+    if (strstr(out, want) == NULL)
+        fail_msg("no \"%s\" in: %s", want, out);
+
+#ifdef SNAPBUS_CLI_PATH
+    /* The readers only read: they work while the broker holds the lock. */
+    snprintf(cmd, sizeof cmd, "%s log verify %s/log", SNAPBUS_CLI_PATH, data);
+    if (s_run(cmd, out, sizeof out) != 0)
+        fail_msg("log verify beside the broker: %s", out);
+    snprintf(cmd, sizeof cmd, "%s log dump %s/log", SNAPBUS_CLI_PATH, data);
+    if (s_run(cmd, out, sizeof out) != 0)
+        fail_msg("log dump beside the broker: %s", out);
+#endif
+    assert_int_equal(sbt_broker_stop(&b, 60), 0);
+    s_running = NULL;
+
+    /* The LOCK file stays behind; the lock itself went with the process. */
+    snprintf(cmd, sizeof cmd, "%s --data-dir %s --ingest tcp://127.0.0.1:* "
+             "--pub tcp://127.0.0.1:* --query tcp://127.0.0.1:* "
+             "--ready-file %s/ready2 & pid=$!; "
+             "i=0; while [ ! -s %s/ready2 ] && kill -0 $pid 2>/dev/null && [ $i -lt 6000 ]; "
+             "do sleep 0.01; i=$((i+1)); done; "
+             "[ -s %s/ready2 ] && kill $pid && wait $pid",
+             SNAPBUSD_PATH, data, b.dir, b.dir, b.dir);
+    if (s_run(cmd, out, sizeof out) != 0)
+        fail_msg("a broker after the first stopped did not start: %s", out);
+}
+
 int
 main(void)
 {
@@ -469,6 +553,7 @@ main(void)
         cmocka_unit_test_teardown(test_metrics_count_what_happened, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_during_burst_loses_no_acked_event,
                                   s_teardown),
+        cmocka_unit_test_teardown(test_one_broker_per_data_dir, s_teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }
