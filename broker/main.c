@@ -265,6 +265,7 @@ main(int argc, char **argv)
         return 0;
     }
     sb_log_set_level((sb_log_level) sb_log_level_parse(cfg.log_level));
+    sb_config_log_ignored_env(environ);
     SB_LOG(SB_LOG_INFO, "broker.config",
            "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
            "default_delay_ms=%u delay_rules=%u max_batch_events=%u "

@@ -546,6 +546,104 @@ test_one_broker_per_data_dir(void **state)
         fail_msg("a broker after the first stopped did not start: %s", out);
 }
 
+/* The variables a kubelet injects for a Service named snapbus (and one
+ * named snapbus-metrics), and the client's own, beside the broker's. */
+static const char *const s_k8s_env[][2] = {
+    {"SNAPBUS_SERVICE_HOST", "10.96.0.12"},
+    {"SNAPBUS_SERVICE_PORT", "7701"},
+    {"SNAPBUS_SERVICE_PORT_INGEST", "7701"},
+    {"SNAPBUS_PORT", "tcp://10.96.0.12:7701"},
+    {"SNAPBUS_PORT_7701_TCP", "tcp://10.96.0.12:7701"},
+    {"SNAPBUS_PORT_7701_TCP_PROTO", "tcp"},
+    {"SNAPBUS_PORT_7701_TCP_PORT", "7701"},
+    {"SNAPBUS_PORT_7701_TCP_ADDR", "10.96.0.12"},
+    {"SNAPBUS_METRICS_SERVICE_HOST", "10.96.0.13"},
+    {"SNAPBUS_METRICS_PORT_7704_TCP_PROTO", "tcp"},
+    {"SNAPBUS_PRODUCER_ID", "node-7"},
+    {"SNAPBUS_SERVER_KEY", "ignored"},
+    {"SNAPBUS_BATCHING_DEFAULT_DELAY_MS", "3"}, /* the broker's own: applied */
+};
+#define S_NK8S (sizeof s_k8s_env / sizeof s_k8s_env[0])
+
+/* The broker starts with every service-link variable set (as in a Pod
+ * beside a Service named snapbus), says at debug level that it ignored
+ * them, still applies its own variables, and still refuses a misspelt one. */
+static void
+test_kubernetes_service_links_are_ignored(void **state)
+{
+    const char *args[] = {"--log-level", "debug", "--metrics", "127.0.0.1:0", NULL};
+    static sbt_broker b;
+    char path[160], cmd[1024], out[8192];
+    char *log = malloc(S_BODY), *body = malloc(S_BODY);
+
+    (void) state;
+    for (size_t i = 0; i < S_NK8S; i++)
+        setenv(s_k8s_env[i][0], s_k8s_env[i][1], 1);
+    int started = sbt_broker_start(&b, args);
+    if (started == 0) {
+        s_running = &b;
+        /* A typo is still refused, by name. */
+        setenv("SNAPBUS_BATCHING_DEFAULT_DELAY", "3", 1);
+        snprintf(cmd, sizeof cmd, "%s --data-dir %s/x --check-config", SNAPBUSD_PATH, b.dir);
+        int rc = s_run(cmd, out, sizeof out);
+        unsetenv("SNAPBUS_BATCHING_DEFAULT_DELAY");
+        assert_int_equal(rc, 2);
+        assert_non_null(strstr(out, "SNAPBUS_BATCHING_DEFAULT_DELAY: no such key"));
+    }
+    for (size_t i = 0; i < S_NK8S; i++)
+        unsetenv(s_k8s_env[i][0]);
+    assert_int_equal(started, 0);
+    assert_int_equal(sbt_http_get(b.metrics, "/readyz", body, S_BODY, 5000), 200);
+    assert_int_equal(sbt_broker_stop(&b, 60), 0);
+    s_running = NULL;
+
+    snprintf(path, sizeof path, "%s/broker.log", b.dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(log, 1, S_BODY - 1, f);
+    log[n] = '\0';
+    fclose(f);
+    for (size_t i = 0; i + 1 < S_NK8S; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "event=config.env_ignored name=%s ", s_k8s_env[i][0]);
+        if (strstr(log, want) == NULL)
+            fail_msg("no \"%s\" in the log", want);
+    }
+    assert_null(strstr(log, "name=SNAPBUS_BATCHING_DEFAULT_DELAY_MS"));
+    assert_non_null(strstr(log, "default_delay_ms=3 "));
+    free(log);
+    free(body);
+}
+
+/* Every endpoint is checked, each mistake with its own message. */
+static void
+test_bad_endpoints_are_refused_by_name(void **state)
+{
+    static const char *const cases[][3] = {
+        {"--ingest", "127.0.0.1:7701", "the scheme is missing: write tcp://127.0.0.1:7701"},
+        {"--ingest", "tcp://127.0.0.1:99999", "port \"99999\" is not a port"},
+        {"--pub", "tcp://127.0.0.1:0x10", "is not a port"},
+        {"--query", "tcp://127.0.0.1", "the port is missing"},
+        {"--query", "tcp://:7703", "the host is missing"},
+        {"--pub", "udp://127.0.0.1:7702", "unknown scheme \"udp\""},
+        {"--pub", "tcp://::1:7702", "in brackets"},
+        {"--ingest", "ipc://", "needs a path"},
+    };
+    char cmd[1024], out[4096];
+
+    (void) state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s --data-dir /nonexistent/x %s '%s' --check-config",
+                 SNAPBUSD_PATH, cases[i][0], cases[i][1]);
+        assert_int_equal(s_run(cmd, out, sizeof out), 2);
+        if (strstr(out, cases[i][2]) == NULL || strstr(out, "beyond loopback") != NULL)
+            fail_msg("%s %s: %s", cases[i][0], cases[i][1], out);
+    }
+    snprintf(cmd, sizeof cmd, "%s --data-dir /nonexistent/x --ingest 'tcp://127.0.0.1:*' "
+             "--pub tcp://[::1]:7702 --query ipc:///tmp/q --check-config", SNAPBUSD_PATH);
+    assert_int_equal(s_run(cmd, out, sizeof out), 0);
+}
+
 int
 main(void)
 {
@@ -554,6 +652,8 @@ main(void)
         cmocka_unit_test_teardown(test_sigterm_during_burst_loses_no_acked_event,
                                   s_teardown),
         cmocka_unit_test_teardown(test_one_broker_per_data_dir, s_teardown),
+        cmocka_unit_test_teardown(test_kubernetes_service_links_are_ignored, s_teardown),
+        cmocka_unit_test_teardown(test_bad_endpoints_are_refused_by_name, s_teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }
