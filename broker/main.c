@@ -265,19 +265,22 @@ main(int argc, char **argv)
         return 0;
     }
     sb_log_set_level((sb_log_level) sb_log_level_parse(cfg.log_level));
+    sb_log_set_format((sb_log_format) sb_log_format_parse(cfg.log_format));
+    sb_log_set_rate(cfg.log_rate);
     sb_config_log_ignored_env(environ);
     SB_LOG(SB_LOG_INFO, "broker.config",
            "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
            "default_delay_ms=%u delay_rules=%u max_batch_events=%u "
            "max_batch_bytes=%u max_open_batches=%u retain_batches=%llu "
-           "retain_bytes=%llu metrics=%s log_level=%s",
+           "retain_bytes=%llu metrics=%s log_level=%s log_format=%s log_rate=%u",
            file ? file : "-", cfg.queue, cfg.hwm, cfg.limits.max_message_bytes,
            cfg.limits.max_payload_bytes, cfg.router.default_delay_ms,
            cfg.router.nrules, cfg.router.max_batch_events,
            cfg.router.max_batch_bytes, cfg.router.max_open_batches,
            (unsigned long long) cfg.retain_batches,
            (unsigned long long) cfg.retain_bytes,
-           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
+           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level, cfg.log_format,
+           cfg.log_rate);
 
     /* Signals are taken by this thread alone, with sigwait: every actor
      * thread inherits the blocked mask. */
@@ -315,8 +318,8 @@ main(int argc, char **argv)
      * comes out of its recovery. */
     sb_err src = sb_store_open(&store, &cfg.storage, &rec);
     if (src != SB_OK) {
-        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=%s", cfg.storage.dir,
-               sb_strerror(src));
+        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=\"%s\" errno=%d", cfg.storage.dir,
+               sb_strerror(src), src == SB_ESYS || src == SB_ESTORAGE ? sb_os_errno() : 0);
         goto out;
     }
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
@@ -487,5 +490,6 @@ out:
         zmq_ctx_term(ctx);
     if (cfg.ready_file[0] != '\0')
         unlink(cfg.ready_file);
+    sb_log_flush(); /* what the rate limit still holds back */
     return status;
 }

@@ -34,6 +34,8 @@ static const s_key s_keys[] = {
     STR("broker", "ready_file", ready_file, "after binding, write the bound endpoints here"),
     STR("broker", "metrics", metrics, "HTTP listen address for /metrics /healthz /readyz, HOST:PORT (port 0: a free one); empty = off"),
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
+    STR("broker", "log_format", log_format, "logfmt|json: one key=value line, or one JSON object a line (docs/OPERATIONS.md)"),
+    U32("broker", "log_rate", log_rate, 0, 1000000, "warning and error lines a second per event id, the rest counted in one log.suppressed line; 0 = no limit"),
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
@@ -83,6 +85,8 @@ sb_config_defaults(sb_config *c)
     strcpy(c->query, "tcp://127.0.0.1:7703");
     strcpy(c->data_dir, "./snapbus-data");
     strcpy(c->log_level, "info");
+    strcpy(c->log_format, "logfmt");
+    c->log_rate = 10;
     c->hwm = 10000;
     c->queue = 1024;
     sb_limits_defaults(&c->limits);
@@ -578,6 +582,8 @@ sb_config_exposed(const sb_config *c)
 sb_err
 sb_config_check(const sb_config *c, char *why, size_t n)
 {
+    if (sb_log_format_parse(c->log_format) < 0)
+        return s_refuse(why, n, "broker", "log_format", c->log_format, "logfmt or json");
     if (s_check_endpoint("ingest", c->ingest, why, n) != SB_OK ||
         s_check_endpoint("pub", c->pub, why, n) != SB_OK ||
         s_check_endpoint("query", c->query, why, n) != SB_OK)

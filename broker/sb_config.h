@@ -22,6 +22,8 @@ typedef struct {
     char data_dir[512];
     char ready_file[512];
     char log_level[16];
+    char log_format[8];   /* logfmt | json */
+    uint32_t log_rate;    /* warning/error lines a second per event; 0: no limit */
     char metrics[256]; /* HTTP listen address HOST:PORT; "" = off */
     uint32_t hwm;
     uint32_t queue;

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../logfmt_strict.h"
 #include "harness.h"
 #include <snapbus/snapbus.h>
 
@@ -373,12 +374,13 @@ s_burst(void *arg)
     return NULL;
 }
 
-/* Batches are held 100 ms, so SIGTERM always finds open ones. */
+/* Batches close only at 200 events (the delay is 10 minutes), so SIGTERM
+ * always finds open ones, however slowly the machine runs. */
 static void
 test_sigterm_during_burst_loses_no_acked_event(void **state)
 {
     enum { CAP = 2000000 };
-    const char *args[] = {"--metrics", "127.0.0.1:0", "--default-delay-ms", "100",
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--default-delay-ms", "600000",
                           "--max-batch-events", "200", NULL};
     static sbt_broker b; /* static: the teardown may still need it */
     sub_ctx s = {.cap = CAP};
@@ -644,6 +646,154 @@ test_bad_endpoints_are_refused_by_name(void **state)
     assert_int_equal(s_run(cmd, out, sizeof out), 0);
 }
 
+typedef struct {
+    atomic_int ok, full, other;
+} full_ctx;
+
+static void
+s_on_full_ack(const sb_ack_info *a, void *arg)
+{
+    full_ctx *c = arg;
+
+    if (a->err == SB_OK)
+        c->ok++;
+    else if (a->err == SB_ESTORAGE)
+        c->full++;
+    else
+        c->other++;
+}
+
+/* Runs a broker through errors (bad frames, 404s, a full disk and its
+ * recovery, a second broker refused) in the given log format, then reads
+ * back every line it wrote with a strict parser. */
+static void
+s_log_scenario(const char *format)
+{
+    static sbt_broker b;
+    char flag[160], path[160], cmd[1024], why[200];
+    char *body = malloc(S_BODY), *out = malloc(S_BODY);
+    const char *args[] = {"--log-format", format, "--log-level", "debug",
+                          "--log-rate", "5", "--metrics", "127.0.0.1:0",
+                          "--segment-bytes", "65536", "--default-delay-ms", "0", NULL};
+
+    snprintf(flag, sizeof flag, "/tmp/sbt.logfull.%d", (int) getpid());
+    unlink(flag);
+    setenv("SBTEST_ENOSPC_FILE", flag, 1);
+    setenv("SNAPBUS_PORT_7701_TCP_PROTO", "tcp", 1); /* a debug line */
+    int started = sbt_broker_start(&b, args);
+    unsetenv("SBTEST_ENOSPC_FILE");
+    unsetenv("SNAPBUS_PORT_7701_TCP_PROTO");
+    assert_int_equal(started, 0);
+    s_running = &b;
+
+    /* Bad input: malformed requests, many more than the rate limit. */
+    for (int i = 0; i < 40; i++) {
+        const void *frames[2] = {"x", "\"y z\n"};
+        size_t lens[2] = {1, 5};
+        char reply[512];
+        size_t rlen;
+        assert_true(sbt_raw_request(b.ingest, frames, lens, 2, reply, sizeof reply, &rlen,
+                                    30000) >= 1);
+    }
+    assert_int_equal(sbt_http_get(b.metrics, "/nope\"x", body, S_BODY, 5000), 404);
+
+    /* A full disk: durable publishes are refused; space comes back and
+     * they are acked again. */
+    sb_publisher_opts o;
+    sb_publisher *pub;
+    full_ctx fc = {0};
+    static char payload[8192];
+    memset(payload, 'd', sizeof payload);
+    sb_publisher_opts_defaults(&o);
+    o.endpoint = b.ingest;
+    o.ack = SB_ACK_DURABLE;
+    o.timeout_ms = 60000;
+    assert_int_equal(sb_publisher_new(&pub, &o), SB_OK);
+    sb_publisher_on_ack(pub, s_on_full_ack, &fc);
+    FILE *f = fopen(flag, "w");
+    assert_non_null(f);
+    fclose(f);
+    for (int i = 0; i < 64 && atomic_load(&fc.full) == 0; i++) {
+        sb_pub_event ev = {.aggregate = "disk full/a", .type = "T", .payload = payload,
+                           .payload_len = sizeof payload};
+        assert_int_equal(sb_publisher_publish(pub, &ev, 0, NULL), SB_OK);
+        assert_int_equal(sb_publisher_wait_all(pub, 60000), SB_OK);
+    }
+    assert_true(atomic_load(&fc.full) > 0);
+    unlink(flag);
+    int before = atomic_load(&fc.ok);
+    for (uint64_t deadline = sbt_now_ms() + 60000;
+         atomic_load(&fc.ok) == before && sbt_now_ms() < deadline;) {
+        sb_pub_event ev = {.aggregate = "disk full/a", .type = "T", .payload = "ok",
+                           .payload_len = 2};
+        assert_int_equal(sb_publisher_publish(pub, &ev, 0, NULL), SB_OK);
+        assert_int_equal(sb_publisher_wait_all(pub, 60000), SB_OK);
+    }
+    assert_true(atomic_load(&fc.ok) > before);
+    sb_publisher_destroy(&pub);
+
+    assert_int_equal(sbt_broker_stop(&b, 60), 0);
+    s_running = NULL;
+
+    snprintf(path, sizeof path, "%s/broker.log", b.dir);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    int lines = 0, refused = 0, storage = 0, ignored = 0, suppressed = 0;
+    while (fgets(out, S_BODY, f) != NULL) {
+        size_t n = strlen(out);
+        assert_true(n > 0 && out[n - 1] == '\n');
+        out[n - 1] = '\0';
+        lines++;
+        refused += strstr(out, "ingest.refused") != NULL;
+        storage += strstr(out, "\"level\":\"warn\",\"event\":\"logstore.") != NULL ||
+                   strstr(out, "level=warn event=logstore.") != NULL ||
+                   strstr(out, "level=err event=logstore.") != NULL ||
+                   strstr(out, "\"level\":\"err\",\"event\":\"logstore.") != NULL;
+        ignored += strstr(out, "config.env_ignored") != NULL;
+        suppressed += strstr(out, "log.suppressed") != NULL;
+        if (strcmp(format, "logfmt") == 0) {
+            int k;
+            if (sbt_logfmt_check(out, &k, why, sizeof why) != 0)
+                fail_msg("line %d is not strict logfmt (%s): %s", lines, why, out);
+        }
+    }
+    fclose(f);
+    if (strcmp(format, "json") == 0) {
+        /* Every line one JSON object, ts, level and event first. */
+        snprintf(cmd, sizeof cmd,
+                 "python3 -c 'import json,sys\n"
+                 "for i, l in enumerate(open(sys.argv[1], encoding=\"utf-8\", errors=\"strict\"), 1):\n"
+                 "    o = json.loads(l, object_pairs_hook=lambda p: p)\n"
+                 "    assert [k for k, v in o[:3]] == [\"ts\", \"level\", \"event\"], (i, l)\n"
+                 "    assert all(isinstance(v, (str, int, float)) for k, v in o), (i, l)\n"
+                 "' %s", path);
+        if (s_run(cmd, out, S_BODY) != 0)
+            fail_msg("not one JSON object a line: %s", out);
+    }
+    printf("# log_format=%s: %d lines, all strict; %d ingest.refused, %d logstore warnings, "
+           "%d log.suppressed, %d env_ignored\n", format, lines, refused, storage, suppressed,
+           ignored);
+    assert_true(refused >= 1);
+    assert_true(storage >= 1);
+    assert_true(ignored >= 1);
+    free(body);
+    free(out);
+}
+
+static void
+test_logs_are_strict_logfmt(void **state)
+{
+    (void) state;
+    s_log_scenario("logfmt");
+}
+
+static void
+test_logs_are_json_in_json_mode(void **state)
+{
+    (void) state;
+    s_log_scenario("json");
+}
+
 int
 main(void)
 {
@@ -654,6 +804,8 @@ main(void)
         cmocka_unit_test_teardown(test_one_broker_per_data_dir, s_teardown),
         cmocka_unit_test_teardown(test_kubernetes_service_links_are_ignored, s_teardown),
         cmocka_unit_test_teardown(test_bad_endpoints_are_refused_by_name, s_teardown),
+        cmocka_unit_test_teardown(test_logs_are_strict_logfmt, s_teardown),
+        cmocka_unit_test_teardown(test_logs_are_json_in_json_mode, s_teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }
