@@ -447,7 +447,9 @@ s_storage(sb_logstore *a, uint64_t now)
         uint64_t t0 = sb_clock_mono_ns();
         if ((rc = sb_store_sync(a->store)) == SB_OK) {
             atomic_fetch_add(&a->st.fsyncs, 1);
-            atomic_fetch_add(&a->st.fsync_ns, sb_clock_mono_ns() - t0);
+            uint64_t took = sb_clock_mono_ns() - t0;
+            atomic_fetch_add(&a->st.fsync_ns, took);
+            sb_hist_observe_ns(&a->st.fsync, took);
             a->last_sync_ms = now;
             s_synced(a);
             moved = 1;

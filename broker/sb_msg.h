@@ -126,6 +126,7 @@ typedef struct {
 /* A reply for the ingest to send back to a publisher. */
 typedef struct sb_reply {
     uint64_t request_id;
+    uint64_t recv_ns; /* the request's, for the ack latency */
     uint8_t ack;
     uint8_t delimiter;
     uint8_t peer_len;
