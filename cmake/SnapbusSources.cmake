@@ -12,6 +12,7 @@ set(SB_COMMON_SRC
 set(SB_BASE_SRC
   ${CMAKE_SOURCE_DIR}/broker/sb_clock.c
   ${CMAKE_SOURCE_DIR}/broker/sb_crc32c.c
+  ${CMAKE_SOURCE_DIR}/broker/sb_hist.c
   ${CMAKE_SOURCE_DIR}/broker/sb_log.c
   ${CMAKE_SOURCE_DIR}/broker/sb_map.c
   ${CMAKE_SOURCE_DIR}/broker/sb_msg.c
