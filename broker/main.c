@@ -318,8 +318,12 @@ main(int argc, char **argv)
      * comes out of its recovery. */
     sb_err src = sb_store_open(&store, &cfg.storage, &rec);
     if (src != SB_OK) {
-        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=\"%s\" errno=%d", cfg.storage.dir,
-               sb_strerror(src), src == SB_ESYS || src == SB_ESTORAGE ? sb_os_errno() : 0);
+        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=\"%s\" errno=%d why=\"%s\"",
+               cfg.storage.dir, sb_strerror(src),
+               src == SB_ESYS || src == SB_ESTORAGE ? sb_os_errno() : 0,
+               src == SB_ESTORAGE ? "no room for the first segment: free space, or lower "
+                                    "storage.segment_bytes"
+                                  : "cannot open the on-disk log");
         goto out;
     }
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)

@@ -220,7 +220,8 @@ s_check_reserve(sb_logstore *a, uint64_t now)
         if (rc != SB_OK && !a->low_space)
             SB_LOG(SB_LOG_WARN, "logstore.low_space",
                    "err=%s errno=%d why=\"no room for the next segment: "
-                   "publishes are refused until there is\"",
+                   "publishes are refused until there is; free space, or lower "
+                   "storage.segment_bytes (the log needs 2 segments free)\"",
                    sb_strerror(rc), sb_os_errno());
     }
     low = !sb_store_reserved(a->store);

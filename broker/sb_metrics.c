@@ -477,8 +477,10 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
     s_label_value(b, version != NULL ? version : "");
     s_put(b, "\",protocol=\"%d\"} 1\n", SB_WIRE_VERSION);
     s_metric(b, "snapbus_ready", "gauge",
-             "1 while every actor runs and intake is open (/readyz is 200).",
-             st == SB_METRICS_READY);
+             "1 while every actor runs, intake is open and the log has room "
+             "(/readyz is 200).",
+             st == SB_METRICS_READY &&
+                 (src == NULL || src->log == NULL || S_LOAD(src->log->storage_full) == 0));
     s_metric(b, "snapbus_draining", "gauge",
              "1 after SIGTERM while open batches are flushed and acks sent.",
              st == SB_METRICS_DRAINING);
@@ -677,6 +679,15 @@ s_text(struct MHD_Connection *c, unsigned code, const char *text)
     return s_reply(c, code, "text/plain; charset=utf-8", body, strlen(body));
 }
 
+/* 1 while the log refuses publishes for lack of disk: not ready, so an
+ * orchestrator sends publishers elsewhere and an operator sees why. */
+static int
+s_storage_full(const sb_metrics *m)
+{
+    return atomic_load(&m->attached) && m->src.log != NULL &&
+           S_LOAD(m->src.log->storage_full) != 0;
+}
+
 static enum MHD_Result
 s_handle(void *cls, struct MHD_Connection *c, const char *url,
          const char *method, const char *version, const char *upload,
@@ -695,6 +706,10 @@ s_handle(void *cls, struct MHD_Connection *c, const char *url,
     if (strcmp(url, "/healthz") == 0)
         return s_text(c, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0) {
+        if (st == SB_METRICS_READY && s_storage_full(m))
+            return s_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          "storage full: publishes are refused (free space, or "
+                          "lower storage.segment_bytes)\n");
         if (st == SB_METRICS_READY)
             return s_text(c, MHD_HTTP_OK, "ready\n");
         return s_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,

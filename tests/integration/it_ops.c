@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -794,6 +795,71 @@ test_logs_are_json_in_json_mode(void **state)
     s_log_scenario("json");
 }
 
+/* A volume with room for one segment but not the next (a tmpfs of 1.5
+ * segments): every publish is refused, so the broker is not ready, and the
+ * log says what to do; once the volume grows, it is ready again. */
+static void
+test_no_room_for_a_segment_is_not_ready(void **state)
+{
+    static sbt_broker b;
+    char mnt[160], data[200], path[200], cmd[512];
+    char *body = malloc(S_BODY);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--segment-bytes", "1M",
+                          "--data-dir", data, NULL};
+
+    (void) state;
+    snprintf(mnt, sizeof mnt, "/tmp/sbt.noroom.%d", (int) getpid());
+    mkdir(mnt, 0755);
+    snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=1600k tmpfs %s", mnt);
+    if (system(cmd) != 0) {
+        rmdir(mnt);
+        free(body);
+        print_message("cannot mount a tmpfs here (not root?): skipped\n");
+        skip();
+    }
+    snprintf(data, sizeof data, "%s/data", mnt);
+    int started = sbt_broker_start(&b, args);
+    if (started != 0) {
+        snprintf(cmd, sizeof cmd, "umount %s", mnt);
+        (void) system(cmd);
+    }
+    assert_int_equal(started, 0);
+    s_running = &b;
+    int code = 0;
+    for (uint64_t deadline = sbt_now_ms() + 60000;
+         (code = sbt_http_get(b.metrics, "/readyz", body, S_BODY, 5000)) != 503 &&
+         sbt_now_ms() < deadline;)
+        usleep(10000);
+    assert_int_equal(code, 503);
+    assert_non_null(strstr(body, "storage full"));
+    assert_int_equal(sbt_http_get(b.metrics, "/metrics", body, S_BODY, 5000), 200);
+    assert_non_null(strstr(body, "\nsnapbus_ready 0\n"));
+    assert_non_null(strstr(body, "\nsnapbus_log_storage_full 1\n"));
+
+    snprintf(cmd, sizeof cmd, "mount -o remount,size=8m %s", mnt);
+    assert_int_equal(system(cmd), 0);
+    for (uint64_t deadline = sbt_now_ms() + 60000;
+         (code = sbt_http_get(b.metrics, "/readyz", body, S_BODY, 5000)) != 200 &&
+         sbt_now_ms() < deadline;)
+        usleep(10000);
+    assert_int_equal(code, 200);
+    int stopped = sbt_broker_stop(&b, 60);
+    s_running = NULL;
+    snprintf(cmd, sizeof cmd, "umount %s && rmdir %s", mnt, mnt);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(stopped, 0);
+
+    snprintf(path, sizeof path, "%s/broker.log", b.dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(body, 1, S_BODY - 1, f);
+    body[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(body, "lower storage.segment_bytes"));
+    assert_non_null(strstr(body, "errstr=\"No space left on device\""));
+    free(body);
+}
+
 int
 main(void)
 {
@@ -806,6 +872,7 @@ main(void)
         cmocka_unit_test_teardown(test_bad_endpoints_are_refused_by_name, s_teardown),
         cmocka_unit_test_teardown(test_logs_are_strict_logfmt, s_teardown),
         cmocka_unit_test_teardown(test_logs_are_json_in_json_mode, s_teardown),
+        cmocka_unit_test_teardown(test_no_room_for_a_segment_is_not_ready, s_teardown),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }
