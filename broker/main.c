@@ -427,7 +427,7 @@ main(int argc, char **argv)
                       l.log_batches, l.log_replies},
             .nlinks = 10, .log = sb_logstore_stats_get(logstore),
             .auth = auth != NULL ? sb_auth_stats_get(auth) : NULL,
-            .dedup = dedup_stats};
+            .dedup = dedup_stats, .log_dir = cfg.storage.dir};
         sb_metrics_attach(metrics, &ms);
     }
     if (cfg.ready_file[0] != '\0' &&

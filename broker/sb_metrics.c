@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -380,6 +381,23 @@ s_render_log(s_buf *b, const sb_logstore_stats *l)
     s_hist(b, "snapbus_log_fsync_duration_seconds", "", &l->fsync);
 }
 
+/* The log's file system, read at each scrape, so "storage near full" can
+ * be alerted on from the broker's own metrics. */
+static void
+s_render_disk(s_buf *b, const char *dir)
+{
+    struct statvfs fs;
+
+    if (statvfs(dir, &fs) != 0)
+        return;
+    s_metric(b, "snapbus_log_disk_size_bytes", "gauge",
+             "Size of the file system holding the on-disk log.",
+             (uint64_t) fs.f_blocks * fs.f_frsize);
+    s_metric(b, "snapbus_log_disk_free_bytes", "gauge",
+             "Bytes free for the broker on that file system (statvfs f_bavail).",
+             (uint64_t) fs.f_bavail * fs.f_frsize);
+}
+
 static void
 s_render_auth(s_buf *b, const sb_auth_stats *a)
 {
@@ -498,6 +516,8 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
         s_render_fanout(b, src->fanout);
     if (src->log != NULL)
         s_render_log(b, src->log);
+    if (src->log_dir != NULL)
+        s_render_disk(b, src->log_dir);
     if (src->auth != NULL)
         s_render_auth(b, src->auth);
     if (src->dedup != NULL)

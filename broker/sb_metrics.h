@@ -53,6 +53,7 @@ typedef struct {
     const sb_logstore_stats *log; /* the on-disk log (docs/STORAGE.md) */
     const sb_auth_stats *auth;    /* CURVE (docs/SECURITY.md); NULL: off */
     const sb_dedup_stats *dedup;  /* the sequencer's index (PUBLISHING.md) */
+    const char *log_dir;          /* storage.dir: its file system's free space */
 } sb_metrics_sources;
 
 /* Renders every metric of src as Prometheus text into a malloc'd,
