@@ -1,4 +1,5 @@
-/* The file-system calls of the on-disk log, and nothing else.
+/* The file-system calls of the on-disk log, and the directory lock that
+ * keeps a second broker off it; nothing else.
  *
  * Only this module (and main.c, for signals) talks to the OS about files:
  * the log's core (sb_store_*.c) reaches open/pwrite/fdatasync/rename only
