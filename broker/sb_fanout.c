@@ -330,6 +330,10 @@ s_publish(sb_fanout *p, sb_batch *b)
     atomic_store(&p->st.retained_batches, sb_ring_count(p->ring));
     atomic_store(&p->st.retained_bytes, sb_ring_bytes(p->ring));
     atomic_fetch_add(&p->st.size_buckets[s_size_bucket(b->n)], 1);
+    /* opened_ms is the router's clock, CLOCK_MONOTONIC in the broker. */
+    uint64_t now_ms = sb_clock_mono_ns() / 1000000;
+    if (b->opened_ms != 0 && now_ms >= b->opened_ms)
+        sb_hist_observe_ns(&p->st.batch_hold, (now_ms - b->opened_ms) * 1000000);
 
     for (uint32_t i = 0; i < b->n; i++) {
         sb_req *req = b->ev[i]->req;
@@ -479,8 +483,11 @@ s_query(sb_fanout *p)
         if (w.err == SB_WERR_NONE) {
             if (w.kind == SB_WREQ_HELLO)
                 s_hello(p, &env, w.request_id);
-            else
+            else {
+                uint64_t t0 = sb_clock_mono_ns();
                 s_fetch(p, &env, &w);
+                sb_hist_observe_ns(&p->st.fetch, sb_clock_mono_ns() - t0);
+            }
             continue;
         }
         atomic_fetch_add(&p->st.fetch_refused, 1);

@@ -45,6 +45,8 @@ typedef struct {
     atomic_uint_fast64_t blob_bytes;
     atomic_uint_fast64_t pub_skipped;     /* batches not sent live: outgoing full */
     atomic_uint_fast64_t fetch_shortened; /* pages cut to one batch: outgoing full */
+    sb_hist batch_hold; /* a batch's first event in the router -> sent on PUB */
+    sb_hist fetch;      /* a fetch request read -> its reply sent */
     /* Published batches by event count, one bucket per batch (not
      * cumulative: one add per batch); bucket i holds sizes up to
      * sb_fanout_size_bounds[i], the last one everything larger. */

@@ -89,6 +89,8 @@ s_send_reply(sb_ingest *in, sb_reply *rp)
 
     if (sb_wire_encode_publish_reply(rp, &buf, &len) == SB_OK)
         s_send(in, rp->peer, rp->peer_len, rp->delimiter, buf, len);
+    if (rp->ack < 4 && rp->recv_ns != 0)
+        sb_hist_observe_ns(&in->st.ack_latency[rp->ack], sb_clock_mono_ns() - rp->recv_ns);
 }
 
 /* Replies built here from a request that never went downstream. */
