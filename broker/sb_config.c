@@ -36,6 +36,7 @@ static const s_key s_keys[] = {
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
+    U32("broker", "shutdown_linger_ms", shutdown_linger_ms, 0, 600000, "after the last batch at shutdown, the query socket stays open this long so subscribers fetch the tail, ms; ends early once no subscriber is connected (without CURVE)"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
@@ -85,6 +86,7 @@ sb_config_defaults(sb_config *c)
     strcpy(c->log_level, "info");
     c->hwm = 10000;
     c->queue = 1024;
+    c->shutdown_linger_ms = 5000;
     sb_limits_defaults(&c->limits);
     sb_router_config_defaults(&c->router);
     c->retain_batches = 100000;

@@ -25,6 +25,7 @@ typedef struct {
     char metrics[256]; /* HTTP listen address HOST:PORT; "" = off */
     uint32_t hwm;
     uint32_t queue;
+    uint32_t shutdown_linger_ms; /* query socket kept open after the drain */
     sb_limits limits;
     sb_router_config router;
     uint64_t retain_batches;

@@ -69,6 +69,9 @@ typedef struct {
     /* The broker's CURVE secret key (Z85) for both sockets; NULL: no
      * CURVE. Read only before sb_fanout_new returns. */
     const char *curve_secret;
+    /* After the last batch of a drain: how long the query socket is still
+     * served (EpochEnd markers on PUB meanwhile), ms. */
+    uint32_t shutdown_linger_ms;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;
@@ -77,7 +80,8 @@ sb_err sb_fanout_new(sb_fanout **out, const sb_fanout_args *args);
 const char *sb_fanout_pub_endpoint(const sb_fanout *p);
 const char *sb_fanout_query_endpoint(const sb_fanout *p);
 sb_fanout_stats *sb_fanout_stats_get(sb_fanout *p);
-/* Waits until the actor exited after EOF (SB_ETIMEDOUT if not yet). */
+/* Waits until the actor exited after EOF and its shutdown linger
+ * (SB_ETIMEDOUT if not yet). */
 sb_err sb_fanout_wait(sb_fanout *p, int timeout_ms);
 void sb_fanout_destroy(sb_fanout **pp);
 

@@ -107,6 +107,13 @@ sb_err sb_wire_encode_hello_reply_low(uint64_t request_id,
                                       const sb_hello_info *h, uint64_t low_seq,
                                       uint8_t **buf, size_t *len);
 
+/* EpochEnd: the marker a stopping broker publishes after its last batch
+ * (docs/PROTOCOL.md section 10.8). */
+sb_err sb_wire_encode_epoch_end(uint64_t epoch, uint64_t last_batch_id,
+                                uint64_t last_seq, uint64_t low_seq,
+                                uint32_t linger_ms, uint8_t **buf,
+                                size_t *len);
+
 typedef struct {
     uint32_t count;
     uint64_t last_batch_id;

@@ -300,6 +300,17 @@ typedef struct {
  * nothing was lost. */
 SB_EXPORT sb_err sb_subscriber_loss(const sb_subscriber *s, sb_loss *out);
 
+/* Batches a stopping broker said it published (its end-of-epoch marker:
+ * docs/SUBSCRIBING.md, "When the broker stops") that this subscriber has
+ * not checked yet: neither returned by recv nor reported lost. recv
+ * fetches them while the broker keeps its query socket open, and reports
+ * what it could not fetch in time as SB_ENOENT. An application that stops
+ * before then would miss them: SB_OK and *out filled (batch ids
+ * from_batch_id..to_batch_id, seqs up to to_seq, aggregate "") when there
+ * are some, SB_ENOENT when none. */
+SB_EXPORT sb_err sb_subscriber_unchecked(const sb_subscriber *s,
+                                         sb_loss *out);
+
 /* A seq to save and later pass as resume_from_seq: every batch that recv
  * has not returned yet (and that was not reported lost) holds only seqs
  * >= it, so resuming from it loses nothing. Batches around it may be
