@@ -385,7 +385,8 @@ sb_publisher_destroy(sb_publisher **pp)
     if (pp == NULL || (p = *pp) == NULL)
         return;
     if (p->sock != NULL)
-        (void)sb_publisher_wait_all(p, p->o.timeout_ms);
+        (void)sb_publisher_wait_all(p, p->o.timeout_ms >= 0 ? p->o.timeout_ms
+                                                            : 60000);
     s_fail_pending(p);
     if (p->parked) {
         zmq_msg_close(&p->pmsg); /* back to the pool through s_free_buf */
