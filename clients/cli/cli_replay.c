@@ -507,7 +507,7 @@ cli_replay(int argc, char **argv)
     uint64_t sent = 0, bytes = CLI_REC_MAGIC_LEN, t0 = cli_now_ns();
     uint64_t next_draw = t0;
     s_progress_t mark = {0, 0, wait_ms};
-    int rc = CLI_OK, got = 0;
+    int rc = CLI_OK, got = 0, told = 0; /* told: the broker said it stops */
     /* A broker that is not there is told apart from a slow one first. */
     if ((e = sb_publisher_hello(p, wait_ms)) != SB_OK) {
         if (e == SB_ETIMEDOUT)
@@ -552,6 +552,7 @@ cli_replay(int argc, char **argv)
                             "duplicates\n",
                     cnt.closed);
             rc = CLI_FAILED;
+            told = 1;
             sent++;
             break;
         }
@@ -570,14 +571,16 @@ cli_replay(int argc, char **argv)
     if (f != stdin)
         fclose(f);
     cli_rec_free(&r);
-    if (rc != CLI_FAILED) {
+    /* The answers still owed come at once from a broker that is stopping
+     * (refusals): wait for them too, so they are counted, not unknown. */
+    if (rc != CLI_FAILED || told) {
         while ((e = sb_publisher_wait_all(p, wait_ms < 0 ? -1 : wait_ms / 4 + 1)) ==
                    SB_ETIMEDOUT &&
                s_moved(p, &mark))
             ;
         if (e == SB_OK && po.ack == SB_ACK_NONE)
             e = sb_publisher_hello(p, wait_ms); /* the broker read them */
-        if (e != SB_OK) {
+        if (e != SB_OK && !told) {
             fprintf(stderr, "\nsnapbus replay: waiting for acks: %s\n",
                     e == SB_ETIMEDOUT ? "timed out, fate unknown"
                                       : sb_strerror(e));
