@@ -434,10 +434,11 @@ main(int argc, char **argv)
     }
     /* Every batch is out and acked; the fan-out still serves fetches for
      * the shutdown linger, so subscribers can fetch the tail they missed
-     * (it ends early once no subscriber is connected). */
-    if (sb_fanout_wait(pub, (int) cfg.shutdown_linger_ms + 10000) != SB_OK)
-        SB_LOG(SB_LOG_WARN, "broker.linger_timeout", "ms=%u",
-               cfg.shutdown_linger_ms + 10000);
+     * (longer while some are still catching up; it ends early once no
+     * subscriber is connected). */
+    int linger_max = (int) cfg.shutdown_linger_ms + SB_FANOUT_LINGER_CAP_MS + 10000;
+    if (sb_fanout_wait(pub, linger_max) != SB_OK)
+        SB_LOG(SB_LOG_WARN, "broker.linger_timeout", "ms=%d", linger_max);
     status = 0;
     SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu drain_ms=%llu",
            (unsigned long long) atomic_load(&ps->batches),

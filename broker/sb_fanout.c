@@ -180,6 +180,8 @@ sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
 
 /* ---- actor ------------------------------------------------------------- */
 
+#define S_LINGER_CAP_MS SB_FANOUT_LINGER_CAP_MS
+
 struct sb_fanout {
     sb_actor *actor;
     sb_fanout_args args;
@@ -200,6 +202,12 @@ struct sb_fanout {
      * shutdown linger can end once nobody is left to fetch the tail. */
     void *mon;
     int subscribers;
+    /* Draining, everything published: the epoch's last batch id (0: not
+     * yet), and when a fetch last stopped short of it (a subscriber still
+     * catching up, which keeps the linger going). */
+    int ending;
+    uint64_t end_bid;
+    uint64_t behind_ms;
 };
 
 static void
@@ -365,7 +373,12 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
                              res.retained_first_seq, res.retained_first_batch_id,
                              atomic_load(&p->st.last_seq),
                              atomic_load(&p->st.last_batch_id), p->args.epoch,
-                             sb_ring_low_seq(p->ring, res.last_batch_id)};
+                             sb_ring_low_seq(p->ring, res.last_batch_id),
+                             p->end_bid};
+    /* A subscriber still short of the end when the epoch is over: the
+     * linger waits for it (s_run). */
+    if (p->ending && err == SB_WERR_NONE && res.more)
+        p->behind_ms = sb_clock_mono_ns() / 1000000;
     if (sb_wire_encode_fetch_reply(w->request_id, err,
                                    err ? "the range starts before the retained batches" : NULL,
                                    &info, &buf, &len) != SB_OK ||
@@ -395,7 +408,8 @@ s_hello(sb_fanout *p, const sb_zmq_env *env, uint64_t id)
 {
     sb_hello_info h = {p->args.broker_name, p->args.limits,
                        atomic_load(&p->st.last_seq),
-                       atomic_load(&p->st.last_batch_id), p->args.epoch};
+                       atomic_load(&p->st.last_batch_id), p->args.epoch,
+                       p->end_bid};
     uint8_t *buf;
     size_t len;
 
@@ -577,6 +591,8 @@ s_run(sb_actor *self, void *arg)
             uint64_t now = sb_clock_mono_ns() / 1000000;
             if (end_ms == 0) {
                 end_ms = now + p->args.shutdown_linger_ms;
+                p->end_bid = atomic_load(&p->st.last_batch_id);
+                p->ending = 1;
                 t0 = now;
                 fetches0 = atomic_load(&p->st.fetches);
                 SB_LOG(SB_LOG_NOTICE, "fanout.linger",
@@ -589,6 +605,13 @@ s_run(sb_actor *self, void *arg)
                 s_epoch_end(p);
                 mark_ms = now + 100;
             }
+            /* A fetch that stopped short of the end is a subscriber still
+             * catching up: wait for it a linger more, but for no longer
+             * than a drain may take in all (S_LINGER_CAP_MS). */
+            if (p->behind_ms + p->args.shutdown_linger_ms > end_ms)
+                end_ms = p->behind_ms + p->args.shutdown_linger_ms;
+            if (end_ms > t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS)
+                end_ms = t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS;
             if (now >= end_ms || (p->mon != NULL && p->subscribers == 0)) {
                 SB_LOG(SB_LOG_NOTICE, "fanout.linger_end",
                        "ms=%llu fetches=%llu subscribers=%d",

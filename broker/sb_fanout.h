@@ -23,6 +23,9 @@
 #include "sb_wire.h"
 
 #define SB_FANOUT_SIZE_BUCKETS 14
+/* The shutdown linger can be drawn out this much by subscribers still
+ * catching up (sb_fanout_wait must allow for it). */
+#define SB_FANOUT_LINGER_CAP_MS 55000
 extern const uint32_t sb_fanout_size_bounds[SB_FANOUT_SIZE_BUCKETS - 1];
 
 typedef struct {

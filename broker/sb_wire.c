@@ -612,6 +612,7 @@ sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
     hr.low_seq = low_seq;
     hr.shard_index = h->limits.shard_index;
     hr.shard_count = h->limits.shard_count;
+    hr.end_batch_id = h->end_batch_id;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.body_case = SNAPBUS__REPLY__BODY_HELLO;
@@ -656,6 +657,7 @@ sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err, const char *detail,
     fr.last_batch_id_published = f->last_batch_id_published;
     fr.epoch = f->epoch;
     fr.cursor_low_seq = f->cursor_low_seq;
+    fr.end_batch_id = f->end_batch_id;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.error = (Snapbus__ErrorCode) err;

@@ -97,6 +97,7 @@ typedef struct {
     uint64_t last_seq;
     uint64_t last_batch_id;
     uint64_t epoch;
+    uint64_t end_batch_id; /* stopping: the epoch's last batch; 0: running */
 } sb_hello_info;
 
 sb_err sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
@@ -124,6 +125,7 @@ typedef struct {
     uint64_t last_batch_id_published;
     uint64_t epoch;
     uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
+    uint64_t end_batch_id; /* stopping: the epoch's last batch; 0: running */
 } sb_fetch_info_w;
 
 /* err != SB_WERR_NONE: a refusal that still tells where retention is. */

@@ -386,6 +386,27 @@ sbc_sub_epoch_end(sbc_sub *s, uint64_t epoch, uint64_t last_bid,
     s->end_state = last_bid > s->C ? 1 : 2;
 }
 
+/* A query reply from a stopping broker (end_bid != 0): it names the end
+ * too, for a subscriber whose queue was too full for every marker. A
+ * stopping broker that still answers is given SBC_END_PATIENCE_MS more
+ * before what is unchecked counts as lost. */
+#define SBC_END_PATIENCE_MS 5000
+
+static void
+s_note_end(sbc_sub *s, uint64_t epoch, uint64_t end_bid, uint64_t last_seq)
+{
+    uint64_t until = s->t.now_ms(s->t.ctx) + SBC_END_PATIENCE_MS;
+
+    if (end_bid == 0 || epoch != s->epoch || !s->started)
+        return;
+    if (s->end_epoch != epoch) {
+        sbc_sub_epoch_end(s, epoch, end_bid, last_seq, SBC_END_PATIENCE_MS);
+        return;
+    }
+    if (s->end_state == 1 && until > s->end_ms)
+        s->end_ms = until;
+}
+
 sb_err
 sbc_sub_unchecked(const sbc_sub *s, sb_loss *out)
 {
@@ -666,6 +687,7 @@ s_step_hello(sbc_sub *s, uint64_t deadline)
     s->job.inflight = 0;
     if (rc != SB_OK)
         return rc;
+    s_note_end(s, h.epoch, h.end_bid, h.last_seq);
     if (s->job.kind == J_HELLO_CHECK) {
         s->job.kind = J_NONE;
         if (h.epoch != s->epoch)
@@ -709,6 +731,8 @@ s_fetch(sbc_sub *s, const sbc_fetch_req *q, sbc_page_info *info,
         s_restart(s, info->epoch, info->last_seq);
         return SB_ERESTART;
     }
+    if (rc == SB_OK || rc == SB_ENOENT)
+        s_note_end(s, info->epoch, info->end_bid, info->last_seq);
     return rc;
 }
 

@@ -39,6 +39,7 @@ typedef struct {
     uint64_t last_batch_id_published;
     uint64_t epoch;
     uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
+    uint64_t end_bid;        /* stopping: the epoch's last batch; 0: no */
 } sbc_page_info;
 
 typedef struct {
@@ -46,6 +47,7 @@ typedef struct {
     uint64_t last_seq;      /* highest published */
     uint64_t last_batch_id; /* newest published */
     uint64_t low_seq;       /* every seq below it is published; 0: unknown */
+    uint64_t end_bid;       /* stopping: the epoch's last batch; 0: no */
 } sbc_hello_info;
 
 /* Waits: wait_ms -1 is forever. Every function returns SB_ETIMEDOUT when

@@ -388,6 +388,21 @@ class _Base:
             self._need_sweep = True
         return True
 
+    def _note_end(self, epoch, end_batch_id, last_seq):
+        """A query reply from a stopping broker names its last batch too
+        (for a subscriber too far behind for every marker); while it still
+        answers, it gets 5 s more before the unchecked tail counts as lost."""
+        if not end_batch_id or epoch != self._tr.epoch:
+            return
+        until = time.monotonic() + 5.0
+        e = self._end
+        if e is None or e[0] != epoch:
+            if end_batch_id > self._tr.cursor:
+                self._end = (epoch, end_batch_id, last_seq, until)
+                self._need_sweep = True
+        elif until > e[3]:
+            self._end = (e[0], e[1], e[2], until)
+
     def _end_pending(self):
         e = self._end
         if e is not None and self._tr.cursor >= e[1]:
@@ -468,6 +483,7 @@ class _Base:
         fr = rep.fetch if rep.HasField("fetch") else None
         if fr is not None:
             self._check_epoch(fr.epoch, fr.last_batch_id_published, fr.last_seq)
+            self._note_end(fr.epoch, fr.end_batch_id, fr.last_seq)
         if err is not None:
             return _FetchResult(fr, err, ())
         if fr is None:
@@ -485,6 +501,8 @@ class _Base:
             raise err
         if not rep.HasField("hello"):
             raise ProtocolError("hello reply without a HelloReply")
+        if self._tr.epoch:
+            self._note_end(rep.hello.epoch, rep.hello.end_batch_id, rep.hello.last_seq)
         return rep.hello
 
     def _pop(self):
