@@ -20,6 +20,7 @@ typedef struct {
     s_outcome *v; /* by token - 1 - base */
     size_t cap;
     uint64_t base;    /* tokens before v[0] were printed and dropped */
+    size_t head;      /* v[0..head) are printed too */
     uint64_t printed; /* tokens printed so far */
     sb_ack ack;
     int refused;
@@ -86,14 +87,17 @@ s_on_ack(const sb_ack_info *a, void *ctx)
     }
     o->v[i].done = 1;
     o->v[i].a = *a;
-    /* Print the run of finished outcomes at the front, then drop it. */
-    size_t k = 0;
-    while (k < o->cap && o->v[k].done)
-        s_print(o, &o->v[k++].a);
-    if (k > 0) {
+    /* Print the run of finished outcomes at the front; drop the printed
+     * ones only once they are half the array, so that a backlog of
+     * replies costs O(1) each, not a move of the whole array. */
+    while (o->head < o->cap && o->v[o->head].done)
+        s_print(o, &o->v[o->head++].a);
+    if (o->head > 0 && o->head >= o->cap / 2) {
+        size_t k = o->head;
         memmove(o->v, o->v + k, (o->cap - k) * sizeof *o->v);
         memset(o->v + o->cap - k, 0, k * sizeof *o->v);
         o->base += k;
+        o->head = 0;
     }
 }
 
