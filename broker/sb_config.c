@@ -36,7 +36,7 @@ static const s_key s_keys[] = {
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
-    U32("broker", "shutdown_linger_ms", shutdown_linger_ms, 0, 600000, "after the last batch at shutdown, the query socket stays open this long so subscribers fetch the tail, ms; ends early once no subscriber is connected (without CURVE)"),
+    U32("broker", "shutdown_linger_ms", shutdown_linger_ms, 0, 600000, "after the last batch at shutdown, the query socket stays open this long so subscribers fetch the tail, ms (longer while they still fetch, up to 55 s more; ends early once no subscriber is connected, without CURVE)"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
