@@ -209,11 +209,12 @@ test_fetch_exact_and_headers_only(void **state)
 {
     conn *c = s_connect(broker.ingest, ZMQ_DEALER);
     Snapbus__Event e[3], *ev[3] = {&e[0], &e[1], &e[2]};
-    sb_fetch_opts o = {0};
+    sb_fetch_opts o;
     sb_fetch_info info;
     fetched all = {0}, exact = {0}, heads = {0};
 
     (void) state;
+    sb_fetch_opts_defaults(&o);
     s_ev(&e[0], "fx/a");
     s_ev(&e[1], "fx/ab");
     s_ev(&e[2], "fx/a");
