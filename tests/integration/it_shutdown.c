@@ -565,8 +565,9 @@ test_replay_retry_across_a_restart_no_duplicates_no_gaps(void **state)
 
     /* Everything, from the log: each producer seq once, seqs 1..N. */
     s_count c = {.n = N, .pseq = calloc(N + 1, 1)};
-    sb_fetch_opts fo = {0};
+    sb_fetch_opts fo;
     sb_fetch_info fi;
+    sb_fetch_opts_defaults(&fo);
     fo.from_seq = 1;
     for (;;) {
         assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &c, &fi, 30000), SB_OK);
