@@ -386,7 +386,8 @@ main(int argc, char **argv)
                             cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
                             epoch, l.to_publisher, l.pub_replies,
                             cfg.storage.dir, rec.last_seq, rec.last_batch_id,
-                            secret[0] != '\0' ? secret : NULL, plan.outgoing};
+                            secret[0] != '\0' ? secret : NULL, plan.outgoing,
+                            cfg.shutdown_linger_ms};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
@@ -496,6 +497,13 @@ main(int argc, char **argv)
         SB_LOG(SB_LOG_ERR, "broker.drain_timeout", "ms=%d", S_DRAIN_MS);
         goto out;
     }
+    /* Every batch is out and acked; the fan-out still serves fetches for
+     * the shutdown linger, so subscribers can fetch the tail they missed
+     * (longer while some are still catching up; it ends early once no
+     * subscriber is connected). */
+    int linger_max = (int) cfg.shutdown_linger_ms + SB_FANOUT_LINGER_CAP_MS + 10000;
+    if (sb_fanout_wait(pub, linger_max) != SB_OK)
+        SB_LOG(SB_LOG_WARN, "broker.linger_timeout", "ms=%d", linger_max);
     status = 0;
     SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu drain_ms=%llu",
            (unsigned long long) atomic_load(&ps->batches),

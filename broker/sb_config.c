@@ -40,6 +40,7 @@ static const s_key s_keys[] = {
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
     U64("broker", "memory_budget", memory_budget, 16u << 20, 1ull << 44, "bytes the broker holds for work in flight at most (requests, retention, fetches, de-duplication, ZeroMQ queues); suffixes k, M, G; full: the ingest stops reading"),
+    U32("broker", "shutdown_linger_ms", shutdown_linger_ms, 0, 600000, "after the last batch at shutdown, the query socket stays open this long so subscribers fetch the tail, ms (longer while they still fetch, up to 55 s more; ends early once no subscriber is connected, without CURVE)"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
@@ -92,6 +93,7 @@ sb_config_defaults(sb_config *c)
     c->hwm = 10000;
     c->queue = 1024;
     c->memory_budget = 256u << 20;
+    c->shutdown_linger_ms = 5000;
     sb_limits_defaults(&c->limits);
     sb_router_config_defaults(&c->router);
     c->retain_batches = 100000;

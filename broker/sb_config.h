@@ -28,6 +28,7 @@ typedef struct {
     uint32_t hwm;
     uint32_t queue;
     uint64_t memory_budget; /* bytes: docs/ARCHITECTURE.md, "Memory budget" */
+    uint32_t shutdown_linger_ms; /* query socket kept open after the drain */
     sb_limits limits;
     sb_router_config router;
     uint64_t retain_batches;

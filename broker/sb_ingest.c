@@ -111,7 +111,7 @@ s_hello(sb_ingest *in, const sb_zmq_env *env, uint64_t id)
     sb_hello_info h = {in->args.broker_name, in->args.limits,
                        in->args.last_seq ? atomic_load(in->args.last_seq) : 0,
                        in->args.last_batch_id ? atomic_load(in->args.last_batch_id) : 0,
-                       in->args.epoch};
+                       in->args.epoch, 0};
     uint8_t *buf;
     size_t len;
 
