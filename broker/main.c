@@ -20,6 +20,7 @@
 #include <zmq.h>
 
 #include "sb_auth.h"
+#include "sb_budget.h"
 #include "sb_clock.h"
 #include "sb_config.h"
 #include "sb_ingest.h"
@@ -168,6 +169,31 @@ s_write_ready(const char *path, const char *ingest, const char *pub,
     return rename(tmp, path); /* readers never see half a file */
 }
 
+/* The log directory is locked too, even when it lies inside data_dir:
+ * another broker's storage.dir may name it. */
+static int
+s_lock_dir(const char *dir, int *fd)
+{
+    long holder = 0;
+    sb_err rc = sb_os_mkdirs(dir);
+
+    if (rc == SB_OK)
+        rc = sb_os_lock_dir(dir, fd, &holder);
+    if (rc == SB_EAGAIN) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_locked",
+               "dir=%s pid=%ld why=\"another broker (PID %ld) holds %s/LOCK: "
+               "stop it, or give this broker its own --data-dir and storage.dir\"",
+               dir, holder, holder, dir);
+        return -1;
+    }
+    if (rc != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_lock", "dir=%s err=\"%s\"", dir,
+               strerror(sb_os_errno()));
+        return -1;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -188,9 +214,12 @@ main(int argc, char **argv)
     sb_store_recovery rec = {0};
     sb_logstore *logstore = NULL;
     sb_auth *auth = NULL;
+    sb_credit *credit = NULL;
+    sb_budget_plan plan;
     char secret[SB_KEY_Z85_LEN + 1] = "";
     sb_clock clock = sb_clock_system();
     int status = 1;
+    int lock_fd[2] = {-1, -1}; /* held, never closed: the kernel drops them at exit */
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -259,24 +288,44 @@ main(int argc, char **argv)
             sb_keyset_destroy(&ks);
         }
     }
+    /* sb_config_check made the same plan: it cannot fail here. */
+    if (sb_budget_plan_make(&plan, &cfg, why, sizeof why) != SB_OK) {
+        fprintf(stderr, "snapbusd: configuration: %s\n", why);
+        return 2;
+    }
     if (check) {
         explicit_bzero(secret, sizeof secret);
         printf("configuration ok\n");
         return 0;
     }
     sb_log_set_level((sb_log_level) sb_log_level_parse(cfg.log_level));
+    sb_log_set_format((sb_log_format) sb_log_format_parse(cfg.log_format));
+    sb_log_set_rate(cfg.log_rate);
+    sb_config_log_ignored_env(environ);
     SB_LOG(SB_LOG_INFO, "broker.config",
            "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
            "default_delay_ms=%u delay_rules=%u max_batch_events=%u "
            "max_batch_bytes=%u max_open_batches=%u retain_batches=%llu "
-           "retain_bytes=%llu metrics=%s log_level=%s",
+           "retain_bytes=%llu metrics=%s log_level=%s log_format=%s log_rate=%u",
            file ? file : "-", cfg.queue, cfg.hwm, cfg.limits.max_message_bytes,
            cfg.limits.max_payload_bytes, cfg.router.default_delay_ms,
            cfg.router.nrules, cfg.router.max_batch_events,
            cfg.router.max_batch_bytes, cfg.router.max_open_batches,
            (unsigned long long) cfg.retain_batches,
            (unsigned long long) cfg.retain_bytes,
-           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
+           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level, cfg.log_format,
+           cfg.log_rate);
+    SB_LOG(SB_LOG_INFO, "broker.memory_budget",
+           "budget=%llu requests=%llu replies=%llu ring=%llu outgoing=%llu "
+           "fetch=%llu dedup=%llu log_buffer=%llu zmq=%llu requests_over=%llu "
+           "ingest_rcvhwm=%d ingest_sndhwm=%d ingest_maxmsgsize=%lld",
+           (unsigned long long) plan.budget, (unsigned long long) plan.requests,
+           (unsigned long long) plan.replies, (unsigned long long) plan.ring,
+           (unsigned long long) plan.outgoing, (unsigned long long) plan.fetch,
+           (unsigned long long) plan.dedup, (unsigned long long) plan.log_buffer,
+           (unsigned long long) plan.zmq,
+           (unsigned long long) plan.requests_over, plan.ingest_rcvhwm,
+           plan.ingest_sndhwm, (long long) plan.ingest_maxmsgsize);
     if (perms_why[0] != '\0')
         SB_LOG(SB_LOG_WARN, "security.insecure_key_permissions",
                "why=\"%s\" accepted=\"security.insecure_key_permissions = 1\"",
@@ -319,6 +368,17 @@ main(int argc, char **argv)
                strerror(errno));
         return 1;
     }
+    if (cfg.storage.dir[0] == '\0' &&
+        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
+                          cfg.data_dir) >= sizeof cfg.storage.dir) {
+        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
+        return 1;
+    }
+    /* One broker per directory, before anything is bound or read: two
+     * brokers appending to one log overwrite each other's acked events. */
+    if (s_lock_dir(cfg.data_dir, &lock_fd[0]) != 0 ||
+        s_lock_dir(cfg.storage.dir, &lock_fd[1]) != 0)
+        return 1;
     /* Metrics first, with signals blocked (its thread inherits the mask),
      * so /healthz answers while the rest starts. */
     if (cfg.metrics[0] != '\0' &&
@@ -326,19 +386,18 @@ main(int argc, char **argv)
         goto out;
     /* The log before anything else: every number the actors start from
      * comes out of its recovery. */
-    if (cfg.storage.dir[0] == '\0' &&
-        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
-                          cfg.data_dir) >= sizeof cfg.storage.dir) {
-        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
-        goto out;
-    }
     sb_err src = sb_store_open(&store, &cfg.storage, &rec);
     if (src != SB_OK) {
-        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=%s", cfg.storage.dir,
-               sb_strerror(src));
+        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=\"%s\" errno=%d why=\"%s\"",
+               cfg.storage.dir, sb_strerror(src),
+               src == SB_ESYS || src == SB_ESTORAGE ? sb_os_errno() : 0,
+               src == SB_ESTORAGE ? "no room for the first segment: free space, or lower "
+                                    "storage.segment_bytes"
+                                  : "cannot open the on-disk log");
         goto out;
     }
-    if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
+    if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK ||
+        sb_credit_new(&credit, plan.requests) != SB_OK)
         goto out;
     /* The ZAP handler before any CURVE socket: libzmq admits every CURVE
      * client while none is bound. The connection guard in the same actor
@@ -379,7 +438,8 @@ main(int argc, char **argv)
                             cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
                             epoch, l.to_publisher, l.pub_replies,
                             cfg.storage.dir, rec.last_seq, rec.last_batch_id,
-                            secret[0] != '\0' ? secret : NULL};
+                            secret[0] != '\0' ? secret : NULL, plan.outgoing,
+                            cfg.shutdown_linger_ms};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
@@ -396,7 +456,8 @@ main(int argc, char **argv)
         .sync_interval_ms = cfg.storage.sync_interval_ms,
         /* Everything in flight when the disk fills is held, not parked:
          * then the ingest can go on answering ERR_STORAGE_FULL. */
-        .max_held = 2 * cfg.queue + 8, .clock = clock, .in = l.to_log,
+        .max_held = 2 * cfg.queue + 8, .max_held_bytes = plan.log_group,
+        .clock = clock, .in = l.to_log,
         .out = l.to_router, .batch_in = l.log_batches,
         .batch_out = l.to_publisher, .replies = l.log_replies};
     store = NULL; /* the log store has it now, even if it fails */
@@ -407,6 +468,7 @@ main(int argc, char **argv)
      * is read, so a restart forgets no original it can still answer for. */
     sb_dedup *dedup = NULL;
     sb_dedup_stats *dedup_stats = NULL;
+    cfg.dedup.max_bytes = plan.dedup;
     if (sb_dedup_new(&dedup, &cfg.dedup) != SB_OK ||
         sb_dedup_rebuild(dedup, cfg.storage.dir, rec.last_seq,
                          sb_clock_now(&clock)) != SB_OK) {
@@ -425,7 +487,9 @@ main(int argc, char **argv)
                          "snapbusd " SB_VERSION, epoch, l.to_seq, l.seq_replies,
                          l.pub_replies, sb_sequencer_actor_last_seq_ref(seq),
                          &ps->last_batch_id, l.log_replies,
-                         sb_logstore_full_flag(logstore), pa.curve_secret};
+                         sb_logstore_full_flag(logstore), pa.curve_secret,
+                         credit, plan.ingest_rcvhwm, plan.ingest_sndhwm,
+                         plan.ingest_maxmsgsize};
     if (sb_ingest_new(&ingest, &ia) != SB_OK)
         goto out;
     /* Every socket holds its own copy now. */
@@ -441,7 +505,8 @@ main(int argc, char **argv)
                       l.log_batches, l.log_replies},
             .nlinks = 10, .log = sb_logstore_stats_get(logstore),
             .auth = sb_auth_stats_get(auth),
-            .dedup = dedup_stats};
+            .dedup = dedup_stats, .budget = &plan, .credit = credit,
+            .log_dir = cfg.storage.dir};
         sb_metrics_attach(metrics, &ms);
     }
     if (cfg.ready_file[0] != '\0' &&
@@ -485,6 +550,13 @@ main(int argc, char **argv)
         SB_LOG(SB_LOG_ERR, "broker.drain_timeout", "ms=%d", S_DRAIN_MS);
         goto out;
     }
+    /* Every batch is out and acked; the fan-out still serves fetches for
+     * the shutdown linger, so subscribers can fetch the tail they missed
+     * (longer while some are still catching up; it ends early once no
+     * subscriber is connected). */
+    int linger_max = (int) cfg.shutdown_linger_ms + SB_FANOUT_LINGER_CAP_MS + 10000;
+    if (sb_fanout_wait(pub, linger_max) != SB_OK)
+        SB_LOG(SB_LOG_WARN, "broker.linger_timeout", "ms=%d", linger_max);
     status = 0;
     SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu drain_ms=%llu",
            (unsigned long long) atomic_load(&ps->batches),
@@ -504,9 +576,11 @@ out:
     sb_auth_destroy(&auth); /* after every CURVE socket is closed */
     explicit_bzero(secret, sizeof secret);
     s_links_destroy(&l);
+    sb_credit_destroy(&credit); /* every request is freed by now */
     if (ctx != NULL)
         zmq_ctx_term(ctx);
     if (cfg.ready_file[0] != '\0')
         unlink(cfg.ready_file);
+    sb_log_flush(); /* what the rate limit still holds back */
     return status;
 }

@@ -31,8 +31,11 @@ struct sb_ring {
 void
 sb_blob_unref(sb_blob *b)
 {
-    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1)
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) {
+        if (b->acct != NULL)
+            atomic_fetch_sub(b->acct, sizeof *b + b->len);
         free(b);
+    }
 }
 
 sb_err
@@ -180,6 +183,8 @@ sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
 
 /* ---- actor ------------------------------------------------------------- */
 
+#define S_LINGER_CAP_MS SB_FANOUT_LINGER_CAP_MS
+
 struct sb_fanout {
     sb_actor *actor;
     sb_fanout_args args;
@@ -195,7 +200,42 @@ struct sb_fanout {
     sb_blob **found;
     sb_store_reader *log; /* NULL: no on-disk log */
     uint64_t low_seq; /* highest low_seq published: for the query hello */
+    /* The PUB socket's monitor (PAIR; NULL with CURVE, whose monitor is
+     * the auth actor's) and the subscriber connections it counts, so the
+     * shutdown linger can end once nobody is left to fetch the tail. */
+    void *mon;
+    int subscribers;
+    /* Draining, everything published: the epoch's last batch id (0: not
+     * yet), and when a fetch last stopped short of it (a subscriber still
+     * catching up, which keeps the linger going). */
+    int ending;
+    uint64_t end_bid;
+    uint64_t behind_ms;
 };
+
+/* Counts a new blob's bytes for as long as it lives. */
+static void
+s_account(sb_fanout *p, sb_blob *b)
+{
+    b->acct = &p->st.blob_bytes;
+    atomic_fetch_add(&p->st.blob_bytes, sizeof *b + b->len);
+}
+
+/* Bytes of batches held only by ZeroMQ or a page being built: all that
+ * live, less what the ring holds. */
+static uint64_t
+s_outgoing(sb_fanout *p)
+{
+    uint64_t all = atomic_load(&p->st.blob_bytes), ring = sb_ring_bytes(p->ring);
+
+    return all > ring ? all - ring : 0;
+}
+
+static int
+s_outgoing_full(sb_fanout *p)
+{
+    return p->args.outgoing_max != 0 && s_outgoing(p) >= p->args.outgoing_max;
+}
 
 static void
 s_blob_free(void *data, void *hint)
@@ -274,18 +314,24 @@ s_publish(sb_fanout *p, sb_batch *b)
     blob->topic[b->agg_len] = 0;
     blob->hdr_len = (uint32_t) sb_wire_batch_header_len(blob->data, len);
     blob->low_seq = b->low_seq;
+    s_account(p, blob);
     if (b->low_seq > p->low_seq)
         p->low_seq = b->low_seq;
 
+    sb_ring_add(p->ring, blob); /* first: the outgoing share is then exact */
     /* PUB never blocks: at a subscriber's high-water mark it skips that
-     * subscriber, which notices from the seqs and fetches from the ring. */
-    if (zmq_send(p->pub, blob->topic, blob->topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
+     * subscriber, which notices from the seqs and fetches from the ring.
+     * While ZeroMQ holds the budget's share of batches the ring no longer
+     * has (a stopped subscriber's queue), every subscriber is skipped the
+     * same way: the batch is in the ring, so nothing is lost. */
+    if (s_outgoing_full(p))
+        atomic_fetch_add(&p->st.pub_skipped, 1);
+    else if (zmq_send(p->pub, blob->topic, blob->topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
         atomic_fetch_add(&blob->refs, 1);
         zmq_msg_init_data(&m, blob->data, len, s_blob_free, blob);
         if (zmq_msg_send(&m, p->pub, ZMQ_DONTWAIT) < 0)
             zmq_msg_close(&m);
     }
-    sb_ring_add(p->ring, blob);
     sb_blob_unref(blob);
 
     atomic_fetch_add(&p->st.batches, 1);
@@ -297,6 +343,10 @@ s_publish(sb_fanout *p, sb_batch *b)
     atomic_store(&p->st.retained_batches, sb_ring_count(p->ring));
     atomic_store(&p->st.retained_bytes, sb_ring_bytes(p->ring));
     atomic_fetch_add(&p->st.size_buckets[s_size_bucket(b->n)], 1);
+    /* opened_ms is the router's clock, CLOCK_MONOTONIC in the broker. */
+    uint64_t now_ms = sb_clock_mono_ns() / 1000000;
+    if (b->opened_ms != 0 && now_ms >= b->opened_ms)
+        sb_hist_observe_ns(&p->st.batch_hold, (now_ms - b->opened_ms) * 1000000);
 
     for (uint32_t i = 0; i < b->n; i++) {
         sb_req *req = b->ev[i]->req;
@@ -337,6 +387,14 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
         q.max_batches = p->args.fetch_max_batches;
     if (q.max_bytes == 0 || q.max_bytes > p->args.fetch_max_bytes)
         q.max_bytes = p->args.fetch_max_bytes;
+    /* While ZeroMQ holds the budget's share of batches, a page holds one
+     * batch: the fetch still moves on, and a peer that does not read its
+     * replies cannot pin more. */
+    if (s_outgoing_full(p)) {
+        q.max_batches = 1;
+        atomic_fetch_add(&p->st.fetch_shortened, 1);
+    }
+    uint32_t log_max_bytes = q.max_bytes;
     /* Headers are a few dozen bytes: a headers_only page is bounded by
      * its count (and the scan), not by the size of the batches behind. */
     if (f->headers_only)
@@ -344,9 +402,15 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
     sb_err frc = sb_ring_find(p->ring, &q, p->found, &res);
     if (frc == SB_ENOENT && p->log != NULL) {
         /* Older than the ring: the log answers, as far back as it goes,
-         * but no further than what we published (written for sure). */
+         * but no further than what we published (written for sure). It
+         * reads whole batches even for headers_only, so its pages keep
+         * the byte bound. */
+        q.max_bytes = log_max_bytes;
         frc = sb_logstore_find(p->log, &q, atomic_load(&p->st.last_batch_id),
                                p->found, &res);
+        for (uint32_t i = 0; frc == SB_OK && i < res.count; i++)
+            if (p->found[i]->acct == NULL)
+                s_account(p, p->found[i]);
         if (frc != SB_OK && frc != SB_ENOENT) {
             SB_LOG(SB_LOG_WARN, "fanout.log_fetch", "err=%s", sb_strerror(frc));
             frc = SB_ENOENT;
@@ -360,7 +424,12 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
                              res.retained_first_seq, res.retained_first_batch_id,
                              atomic_load(&p->st.last_seq),
                              atomic_load(&p->st.last_batch_id), p->args.epoch,
-                             sb_ring_low_seq(p->ring, res.last_batch_id)};
+                             sb_ring_low_seq(p->ring, res.last_batch_id),
+                             p->end_bid};
+    /* A subscriber still short of the end when the epoch is over: the
+     * linger waits for it (s_run). */
+    if (p->ending && err == SB_WERR_NONE && res.more)
+        p->behind_ms = sb_clock_mono_ns() / 1000000;
     if (sb_wire_encode_fetch_reply(w->request_id, err,
                                    err ? "the range starts before the retained batches" : NULL,
                                    &info, &buf, &len) != SB_OK ||
@@ -390,7 +459,8 @@ s_hello(sb_fanout *p, const sb_zmq_env *env, uint64_t id)
 {
     sb_hello_info h = {p->args.broker_name, p->args.limits,
                        atomic_load(&p->st.last_seq),
-                       atomic_load(&p->st.last_batch_id), p->args.epoch};
+                       atomic_load(&p->st.last_batch_id), p->args.epoch,
+                       p->end_bid};
     uint8_t *buf;
     size_t len;
 
@@ -432,8 +502,11 @@ s_query(sb_fanout *p)
         if (w.err == SB_WERR_NONE) {
             if (w.kind == SB_WREQ_HELLO)
                 s_hello(p, &env, w.request_id);
-            else
+            else {
+                uint64_t t0 = sb_clock_mono_ns();
                 s_fetch(p, &env, &w);
+                sb_hist_observe_ns(&p->st.fetch, sb_clock_mono_ns() - t0);
+            }
             continue;
         }
         atomic_fetch_add(&p->st.fetch_refused, 1);
@@ -456,6 +529,67 @@ s_read_batches(sb_fanout *p)
             s_publish(p, it.ptr);
         }
     }
+}
+
+/* The end of the epoch on the PUB socket: ["\0"][EpochEnd]. Sent again
+ * during the linger, since a subscriber at its high-water mark misses
+ * it like any batch; one that drains its queue gets a later copy. */
+static void
+s_epoch_end(sb_fanout *p)
+{
+    uint8_t *buf;
+    size_t len;
+
+    if (sb_wire_encode_epoch_end(p->args.epoch, atomic_load(&p->st.last_batch_id),
+                                 atomic_load(&p->st.last_seq), p->low_seq,
+                                 p->args.shutdown_linger_ms, &buf, &len) != SB_OK)
+        return;
+    if (zmq_send(p->pub, "", 1, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 1)
+        zmq_send(p->pub, buf, len, ZMQ_DONTWAIT);
+    free(buf);
+}
+
+/* Counts subscriber connections from the PUB socket's monitor. */
+static void
+s_watch(sb_fanout *p)
+{
+    zmq_msg_t m;
+
+    for (;;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&m) >= 2)
+            memcpy(&ev, zmq_msg_data(&m), 2);
+        int more = zmq_msg_more(&m);
+        while (more) { /* the endpoint frame */
+            zmq_msg_close(&m);
+            zmq_msg_init(&m);
+            more = zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&m);
+        }
+        zmq_msg_close(&m);
+        if (ev == ZMQ_EVENT_ACCEPTED)
+            p->subscribers++;
+        else if (ev == ZMQ_EVENT_DISCONNECTED && p->subscribers > 0)
+            p->subscribers--;
+    }
+}
+
+static int
+s_monitor(sb_fanout *p)
+{
+    char ep[64];
+    int zero = 0;
+
+    snprintf(ep, sizeof ep, "inproc://snapbus.fanout.monitor.%p", (void *) p);
+    if (zmq_socket_monitor(p->pub, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+        (p->mon = zmq_socket(p->args.zmq_ctx, ZMQ_PAIR)) == NULL)
+        return -1;
+    zmq_setsockopt(p->mon, ZMQ_LINGER, &zero, sizeof zero);
+    return zmq_connect(p->mon, ep);
 }
 
 static sb_err
@@ -493,21 +627,70 @@ s_run(sb_actor *self, void *arg)
         sb_actor_ready(self, SB_ESYS);
         return;
     }
+    /* Without CURVE (whose monitor belongs to the auth actor) the PUB
+     * socket's connections are counted, so the linger can end early. */
+    if (p->args.curve_secret == NULL && s_monitor(p) != 0 && p->mon != NULL) {
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
     sb_actor_ready(self, SB_OK);
-    while (!(p->eof && p->nout == 0)) {
-        zmq_pollitem_t it[4] = {
+    /* After the last batch (EOF, its acks handed on) the query socket is
+     * served for shutdown_linger_ms more, behind an EpochEnd marker on
+     * PUB, so that lossless subscribers can fetch the tail they missed. */
+    uint64_t end_ms = 0, mark_ms = 0, t0 = 0, fetches0 = 0;
+    for (;;) {
+        long wait = -1;
+        if (p->eof && p->nout == 0) {
+            uint64_t now = sb_clock_mono_ns() / 1000000;
+            if (end_ms == 0) {
+                end_ms = now + p->args.shutdown_linger_ms;
+                p->end_bid = atomic_load(&p->st.last_batch_id);
+                p->ending = 1;
+                t0 = now;
+                fetches0 = atomic_load(&p->st.fetches);
+                SB_LOG(SB_LOG_NOTICE, "fanout.linger",
+                       "last_batch_id=%llu linger_ms=%u subscribers=%d",
+                       (unsigned long long) atomic_load(&p->st.last_batch_id),
+                       p->args.shutdown_linger_ms,
+                       p->mon != NULL ? p->subscribers : -1);
+            }
+            if (now >= mark_ms) {
+                s_epoch_end(p);
+                mark_ms = now + 100;
+            }
+            /* A fetch that stopped short of the end is a subscriber still
+             * catching up: wait for it a linger more, but for no longer
+             * than a drain may take in all (S_LINGER_CAP_MS). */
+            if (p->behind_ms + p->args.shutdown_linger_ms > end_ms)
+                end_ms = p->behind_ms + p->args.shutdown_linger_ms;
+            if (end_ms > t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS)
+                end_ms = t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS;
+            if (now >= end_ms || (p->mon != NULL && p->subscribers == 0)) {
+                SB_LOG(SB_LOG_NOTICE, "fanout.linger_end",
+                       "ms=%llu fetches=%llu subscribers=%d",
+                       (unsigned long long) (now - t0),
+                       (unsigned long long) (atomic_load(&p->st.fetches) - fetches0),
+                       p->mon != NULL ? p->subscribers : -1);
+                break;
+            }
+            wait = (long) ((mark_ms < end_ms ? mark_ms : end_ms) - now);
+        }
+        zmq_pollitem_t it[5] = {
             {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
             {p->query, 0, ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(p->args.in), (p->nout == 0 && !p->eof) ? ZMQ_POLLIN : 0, 0},
             {NULL, sb_link_send_fd(p->args.replies), p->nout ? ZMQ_POLLIN : 0, 0},
+            {p->mon, 0, ZMQ_POLLIN, 0},
         };
-        if (zmq_poll(it, 4, -1) < 0 && errno != EINTR)
+        if (zmq_poll(it, p->mon != NULL ? 5 : 4, wait) < 0 && errno != EINTR)
             break;
         if (it[0].revents & ZMQ_POLLIN) {
             int cmd;
             if (sb_actor_cmd_recv(self, &cmd) == SB_OK && cmd == SB_CMD_STOP)
                 break;
         }
+        if (p->mon != NULL)
+            s_watch(p);
         s_flush_outbox(p);
         s_read_batches(p);
         if (it[1].revents & ZMQ_POLLIN)
@@ -515,8 +698,12 @@ s_run(sb_actor *self, void *arg)
     }
     for (size_t i = 0; i < p->nout; i++)
         if (p->outbox[i].kind == SB_ITEM_REPLY)
-            free(p->outbox[i].ptr);
+            sb_reply_free(p->outbox[i].ptr);
     p->nout = 0;
+    if (p->mon != NULL) {
+        zmq_socket_monitor(p->pub, NULL, 0);
+        zmq_close(p->mon);
+    }
     zmq_close(p->pub);
     zmq_close(p->query);
 }

@@ -23,6 +23,9 @@
 #include "sb_wire.h"
 
 #define SB_FANOUT_SIZE_BUCKETS 14
+/* The shutdown linger can be drawn out this much by subscribers still
+ * catching up (sb_fanout_wait must allow for it). */
+#define SB_FANOUT_LINGER_CAP_MS 55000
 extern const uint32_t sb_fanout_size_bounds[SB_FANOUT_SIZE_BUCKETS - 1];
 
 typedef struct {
@@ -39,6 +42,14 @@ typedef struct {
     atomic_uint_fast64_t retained_bytes;
     atomic_uint_fast64_t evicted;
     atomic_uint_fast64_t parked;       /* times the ack link was full */
+    /* Encoded batches alive, bytes (sb_blob header and data), whoever
+     * holds them: the ring, ZeroMQ's queues (PUB, fetch replies), a page
+     * being built. Given back by the last unref, on any thread. */
+    atomic_uint_fast64_t blob_bytes;
+    atomic_uint_fast64_t pub_skipped;     /* batches not sent live: outgoing full */
+    atomic_uint_fast64_t fetch_shortened; /* pages cut to one batch: outgoing full */
+    sb_hist batch_hold; /* a batch's first event in the router -> sent on PUB */
+    sb_hist fetch;      /* a fetch request read -> its reply sent */
     /* Published batches by event count, one bucket per batch (not
      * cumulative: one add per batch); bucket i holds sizes up to
      * sb_fanout_size_bounds[i], the last one everything larger. */
@@ -69,6 +80,14 @@ typedef struct {
     /* The broker's CURVE secret key (Z85) for both sockets; NULL: no
      * CURVE. Read only before sb_fanout_new returns. */
     const char *curve_secret;
+    /* The memory budget's share for encoded batches held only by ZeroMQ
+     * (evicted from the ring, or read from the log for a fetch); 0: no
+     * bound. At it, a new batch is not sent live (subscribers see the gap
+     * and fetch it from the ring) and fetch pages hold one batch. */
+    uint64_t outgoing_max;
+    /* After the last batch of a drain: how long the query socket is still
+     * served (EpochEnd markers on PUB meanwhile), ms. */
+    uint32_t shutdown_linger_ms;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;
@@ -77,7 +96,8 @@ sb_err sb_fanout_new(sb_fanout **out, const sb_fanout_args *args);
 const char *sb_fanout_pub_endpoint(const sb_fanout *p);
 const char *sb_fanout_query_endpoint(const sb_fanout *p);
 sb_fanout_stats *sb_fanout_stats_get(sb_fanout *p);
-/* Waits until the actor exited after EOF (SB_ETIMEDOUT if not yet). */
+/* Waits until the actor exited after EOF and its shutdown linger
+ * (SB_ETIMEDOUT if not yet). */
 sb_err sb_fanout_wait(sb_fanout *p, int timeout_ms);
 void sb_fanout_destroy(sb_fanout **pp);
 
@@ -98,6 +118,9 @@ typedef struct sb_blob {
      * (sb_wire_batch_header_len then gives it). */
     uint32_t hdr_len;
     uint64_t low_seq;    /* sb_batch.low_seq; 0: unknown */
+    /* Where its bytes are counted while it lives (sb_fanout_stats
+     * blob_bytes); NULL: nowhere. */
+    atomic_uint_fast64_t *acct;
     char topic[256];
     uint8_t data[];      /* encoded SnapshotBatch */
 } sb_blob;

@@ -151,14 +151,20 @@ s_help(FILE *f)
             "                       (default: all; repeatable)\n"
             "  -x, --exact NAME     exactly aggregate NAME (repeatable)\n"
             "  -n, --count N        stop after N batches\n"
-            "  -T, --timeout-ms MS  stop after MS without a batch (exit 3)\n"
+            "  -T, --timeout-ms MS  stop after MS without a batch (exit 3);\n"
+            "                       also the wait for the broker's hello\n"
             "  -j, --json           one JSON object per batch per line\n"
             CLI_CURVE_HELP
             "  -h, --help           this help\n"
             "\n"
             "Batches the PUB socket dropped (a slow terminal, a burst) are\n"
             "fetched from the broker and printed in order; what the broker no\n"
-            "longer retains is reported on stderr and skipped.\n");
+            "longer retains is reported on stderr and skipped. When the broker\n"
+            "stops, the batches it names in its end-of-epoch marker are fetched\n"
+            "before it closes; any not fetched are reported as lost.\n"
+            "\n"
+            "Exit status: 0 ok, 2 usage, 3 no broker answered, no batch within\n"
+            "-T, or batches were lost.\n");
 }
 
 int
@@ -183,7 +189,7 @@ cli_sub(int argc, char **argv)
     const char *query = NULL;
     /* Subscriptions are set after the socket exists; remember them. */
     cli_topics t;
-    int rc = CLI_OK;
+    int rc = CLI_OK, lost = 0;
 
     if (cli_topics_init(&t, argc) != 0)
         return CLI_FAILED;
@@ -265,7 +271,9 @@ cli_sub(int argc, char **argv)
     }
 
     cli_stop_on_signals();
-    while (!cli_stop && (count == 0 || got < count)) {
+    if (cli_subscriber_start("snapbus sub", s, &so, timeout_ms) != 0)
+        rc = CLI_FAILED;
+    while (rc == CLI_OK && !cli_stop && (count == 0 || got < count)) {
         sb_snapshot *b;
         e = sb_subscriber_recv(s, &b, timeout_ms);
         if (e == SB_EAGAIN) {
@@ -279,6 +287,7 @@ cli_sub(int argc, char **argv)
         }
         if (e == SB_ENOENT) { /* reported; the next recv goes on */
             cli_report_loss("snapbus sub", s);
+            lost = 1;
             continue;
         }
         if (e == SB_ERESTART) {
@@ -298,6 +307,9 @@ cli_sub(int argc, char **argv)
         sb_snapshot_destroy(&b);
         got++;
     }
+    /* A loss, reported or found at exit, is the run's outcome too. */
+    if ((cli_report_unchecked("snapbus sub", s) || lost) && rc == CLI_OK)
+        rc = CLI_FAILED;
     sb_subscriber_destroy(&s);
     return rc;
 }

@@ -16,6 +16,8 @@
 
 #include <snapbus/snapbus.h>
 
+#include "sb_fetch_page.h"
+
 /* Batches asked for per fetch page (the broker may cap it lower). */
 #define SBC_PAGE 1000
 
@@ -27,25 +29,16 @@ typedef struct {
     uint64_t after_batch_id;
     uint32_t max_batches;
     int headers_only;
+    uint32_t max_bytes; /* 0: the broker's default */
 } sbc_fetch_req;
 
-typedef struct {
-    uint32_t count;
-    uint64_t last_batch_id; /* cursor: last batch looked at */
-    int more;
-    uint64_t retained_first_seq;
-    uint64_t retained_first_batch_id;
-    uint64_t last_seq;
-    uint64_t last_batch_id_published;
-    uint64_t epoch;
-    uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
-} sbc_page_info;
 
 typedef struct {
     uint64_t epoch;
     uint64_t last_seq;      /* highest published */
     uint64_t last_batch_id; /* newest published */
     uint64_t low_seq;       /* every seq below it is published; 0: unknown */
+    uint64_t end_bid;       /* stopping: the epoch's last batch; 0: no */
 } sbc_hello_info;
 
 /* Waits: wait_ms -1 is forever. Every function returns SB_ETIMEDOUT when
@@ -68,7 +61,7 @@ typedef struct {
     /* SB_OK: info and out[0..info->count) (decoded, the caller owns
      * them; at most q->max_batches). SB_ENOENT: out of retention, info
      * filled (count 0). Other errors: the page is not usable. */
-    sb_err (*fetch)(void *ctx, const sbc_fetch_req *q, sbc_page_info *info,
+    sb_err (*fetch)(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
                     sb_snapshot **out, int wait_ms, int fresh);
     uint64_t (*now_ms)(void *ctx);
 } sbc_transport;
@@ -92,6 +85,14 @@ sb_err sbc_sub_start(sbc_sub *s, int timeout_ms);
 sb_err sbc_sub_recv(sbc_sub *s, sb_snapshot **out, int timeout_ms);
 uint64_t sbc_sub_position(const sbc_sub *s);
 sb_err sbc_sub_loss(const sbc_sub *s, sb_loss *out);
+/* The broker's EpochEnd marker arrived (the transport saw it on the live
+ * socket): batch ids up to last_bid exist in epoch `epoch`, fetchable for
+ * linger_ms. The engine checks through last_bid while it can and reports
+ * what it could not as lost. */
+void sbc_sub_epoch_end(sbc_sub *s, uint64_t epoch, uint64_t last_bid,
+                       uint64_t last_seq, uint32_t linger_ms);
+/* sb_subscriber_unchecked's contract (snapbus.h). */
+sb_err sbc_sub_unchecked(const sbc_sub *s, sb_loss *out);
 /* Fills the engine's counters (every field but malformed). */
 void sbc_sub_stats(const sbc_sub *s, sb_subscriber_stats *st);
 
