@@ -27,8 +27,8 @@ typedef struct {
     uint32_t queue;
     sb_limits limits;
     sb_router_config router;
-    uint64_t retain_batches;
-    uint64_t retain_bytes;
+    uint64_t retain_batches; /* [retention] ring_batches: the memory ring */
+    uint64_t retain_bytes;   /* [retention] ring_bytes */
     uint32_t fetch_max_batches;
     uint32_t fetch_max_bytes;
     uint32_t fetch_max_scan;
@@ -44,6 +44,9 @@ typedef struct {
     char subscriber_keys[512];
     char query_keys[512];
     uint32_t insecure; /* 1: plaintext beyond loopback is allowed */
+    /* Deprecated spellings that were used, space-separated (e.g.
+     * "--retain-bytes retention.bytes"): main warns about them. */
+    char deprecated[256];
 } sb_config;
 
 void sb_config_defaults(sb_config *c);
@@ -65,6 +68,8 @@ sb_err sb_config_check(const sb_config *c, char *why, size_t n);
 /* 1: no CURVE and an endpoint beyond loopback (only with insecure = 1). */
 int sb_config_exposed(const sb_config *c);
 void sb_config_usage(FILE *out);
+/* What to say about c->deprecated: which spelling replaces which. */
+const char *sb_config_deprecated_hint(void);
 /* The file given with --config in argv, or NULL. */
 const char *sb_config_file_arg(int argc, char *const *argv);
 

@@ -454,6 +454,66 @@ teardown(void **state)
     return rc == 0 ? 0 : -1;
 }
 
+static void
+s_count_batch(sb_snapshot *b, void *ctx)
+{
+    uint64_t *last = ctx;
+
+    *last = sb_snapshot_last_seq(b);
+    sb_snapshot_destroy(&b);
+}
+
+/* After a restart the memory ring is empty: a fetch with from_seq 0 and
+ * after_batch_id 0 returns only what the ring holds (nothing), while
+ * from_seq 1 reads the on-disk log (docs/PROTOCOL.md section 9.3). */
+static void
+test_fetch_from_seq_0_is_the_ring_1_the_log(void **state)
+{
+    char dir[] = "/tmp/sbt-ring.XXXXXX", cmd[64];
+    const char *extra[] = {"--data-dir", dir, "--default-delay-ms", "0", NULL};
+    sbt_broker b;
+    sb_publisher_opts po;
+    sb_publisher *p;
+    sb_pub_event ev = {.aggregate = "r/1", .type = "T", .payload = "x",
+                       .payload_len = 1};
+    sb_fetch_opts fo = {0};
+    sb_fetch_info info;
+    uint64_t last = 0;
+
+    (void) state;
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(sbt_broker_start(&b, extra), 0);
+    sb_publisher_opts_defaults(&po);
+    po.endpoint = b.ingest;
+    po.ack = SB_ACK_PUBLISHED;
+    assert_int_equal(sb_publisher_new(&p, &po), SB_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_OK);
+    assert_int_equal(sb_publisher_wait_all(p, 30000), SB_OK);
+    sb_publisher_destroy(&p);
+    assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                              30000), SB_OK);
+    assert_int_equal(last, 3); /* before the restart: in the ring */
+    assert_int_equal(sbt_broker_stop(&b, 30), 0);
+
+    assert_int_equal(sbt_broker_start(&b, extra), 0);
+    last = 0;
+    assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                              30000), SB_OK);
+    assert_int_equal(last, 0); /* the ring is empty */
+    assert_int_equal(info.last_seq, 3);
+    fo.from_seq = 1;
+    do {
+        assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                                  30000), SB_OK);
+        fo.after_batch_id = info.last_batch_id;
+    } while (info.more);
+    assert_int_equal(last, 3); /* the log has them */
+    assert_int_equal(sbt_broker_stop(&b, 30), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -464,6 +524,7 @@ main(void)
         cmocka_unit_test(test_wrong_shard),
         cmocka_unit_test(test_fetch_exact_and_headers_only),
         cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_fetch_from_seq_0_is_the_ring_1_the_log),
     };
     return cmocka_run_group_tests(t, setup, teardown);
 }

@@ -253,6 +253,65 @@ test_fetch_and_hello_decode(void **state)
     assert_int_equal(w.err, SB_WERR_INVALID);
 }
 
+/* Several body fields in one request (no conforming encoder writes that):
+ * the last one on the wire is the body, as proto3 says for a oneof, and
+ * two publish fields are not merged (docs/PROTOCOL.md section 5.1). */
+static void
+test_last_body_on_the_wire_wins(void **state)
+{
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    Snapbus__Event e[3], *ev1[1] = {&e[0]}, *ev2[2] = {&e[1], &e[2]};
+    uint8_t hello[64], buf[1024];
+    size_t hlen, l1, l2;
+    sb_wire_request w;
+
+    (void) state;
+    r.version = 1;
+    r.request_id = 9;
+    r.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    r.hello = &h;
+    hlen = snapbus__request__pack(&r, hello); /* version, id, hello */
+    s_event(&e[0], "a/1", "T", "one");
+    s_event(&e[1], "b/1", "T", "two");
+    s_event(&e[2], "b/2", "T", "three");
+    /* Version 0 and id 0 are not written: just the publish field. */
+    uint8_t *p1 = s_pack_publish(0, 0, SB_ACK_SEQUENCED, ev1, 1, &l1);
+    uint8_t *p2 = s_pack_publish(0, 0, SB_ACK_SEQUENCED, ev2, 2, &l2);
+
+    /* hello, then publish: a publish. */
+    memcpy(buf, hello, hlen);
+    memcpy(buf + hlen, p1, l1);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1, &lim, &w), SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_PUBLISH);
+    assert_int_equal(w.request_id, 9);
+    assert_int_equal(w.req->nevents, 1);
+    sb_req_unref(w.req);
+
+    /* publish, then hello: a hello. */
+    memcpy(buf, p1, l1);
+    memcpy(buf + l1, hello, hlen);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1, &lim, &w), SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_HELLO);
+    assert_null(w.req);
+
+    /* Two publish fields: only the last one's events. */
+    memcpy(buf, hello, hlen);
+    memcpy(buf + hlen, p1, l1);
+    memcpy(buf + hlen + l1, p2, l2);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1 + l2, &lim, &w),
+                     SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_PUBLISH);
+    assert_int_equal(w.req->nevents, 2);
+    assert_string_equal(w.req->ev[0].agg, "b/1");
+    sb_req_unref(w.req);
+    free(p1);
+    free(p2);
+}
+
 static void
 test_encode_batch_matches_protobuf_c(void **state)
 {
@@ -375,6 +434,7 @@ main(void)
 {
     const struct CMUnitTest t[] = {
         cmocka_unit_test(test_decode_publish_roundtrip),
+        cmocka_unit_test(test_last_body_on_the_wire_wins),
         cmocka_unit_test(test_refuses_bad_version_and_garbage),
         cmocka_unit_test(test_refuses_bad_events),
         cmocka_unit_test(test_name_utf8),
