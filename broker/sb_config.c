@@ -577,5 +577,11 @@ sb_config_usage(FILE *out)
     }
     fprintf(out, "\nSignals: SIGTERM or SIGINT stop intake, flush every open batch to\n"
                  "subscribers, send the pending acks and exit 0. SIGHUP rereads the\n"
-                 "[security] allowlists (new connections use them).\n");
+                 "[security] allowlists (new connections use them).\n"
+                 "\n"
+                 "exit codes: 0 stopped cleanly (drained), or --check-config found\n"
+                 "the configuration valid; 1 could not start or run (a port in use,\n"
+                 "the data directory or log unusable; the log line says which);\n"
+                 "2 a configuration error (nothing was started; restarting will not\n"
+                 "help).\n");
 }

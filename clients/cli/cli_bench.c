@@ -836,8 +836,9 @@ s_help(FILE *f)
         "  -j, --json            print JSON instead of a table\n"
         "  -h, --help            this help\n"
         "\n"
-        "Exit status 1 if any run lost or duplicated events, 3 if one "
-        "failed.\n");
+        "exit codes: 0 every run delivered every event once, 1 a run lost\n"
+        "or duplicated events, 2 usage, 3 a run failed (a broker did not\n"
+        "start or answer).\n");
 }
 
 /* Fresh keys for the --curve runs, in the temp dir: the broker's secret

@@ -98,7 +98,7 @@ s_help(FILE *f)
         "Publishes each PAYLOAD as one event, or each line of stdin if no\n"
         "PAYLOAD is given. For acked levels prints one line per event, in\n"
         "order: 'seq=N agg_seq=N' (plus ' batch=N' with --ack published)\n"
-        "or 'error: REASON'. Exits 1 if the broker refused any event.\n"
+        "or 'error: REASON'.\n"
         "\n"
         "options:\n"
         "  -e, --endpoint EP     broker ingest (default tcp://127.0.0.1:7701)\n"
@@ -118,7 +118,12 @@ s_help(FILE *f)
         "  -h, --help            this help\n"
         "\n"
         "With --ack none a refusal may come back after a short grace time\n"
-        "or not be seen at all: fire-and-forget is not a delivery report.\n");
+        "or not be seen at all: fire-and-forget is not a delivery report.\n"
+        "\n"
+        "exit codes: 0 every event taken (or a duplicate of one taken\n"
+        "before), 1 the broker (or the library, before sending) refused\n"
+        "some event, 2 usage, 3 no broker answered or timed out (the fate\n"
+        "of unanswered events is unknown).\n");
 }
 
 static int

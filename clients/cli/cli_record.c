@@ -46,7 +46,15 @@ s_help(FILE *f)
         "  -k, --aggregates K    with --generate (default 16)\n"
         "  -s, --size S          with --generate: payload bytes (default 100)\n"
         CLI_CURVE_HELP
-        "  -h, --help            this help\n");
+        "  -h, --help            this help\n"
+        "\n"
+        "A replay file holds what to publish again (aggregate, type, payload,\n"
+        "...), not the seqs, aggregate seqs and batch ids the broker gave\n"
+        "them: replaying assigns new ones. For those, 'snapbus sub --json'.\n"
+        "\n"
+        "exit codes: 0 done (--count, --generate, SIGINT/SIGTERM), 2 usage,\n"
+        "3 no broker, no batch for --timeout-ms, events lost (out of the\n"
+        "broker's retention: a history with a hole), or a write error.\n");
 }
 
 static int

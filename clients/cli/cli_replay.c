@@ -312,7 +312,7 @@ s_help(FILE *f)
         CLI_CURVE_HELP
         "  -h, --help            this help\n"
         "\n"
-        "Exit status: 0 all taken, 1 the broker refused some event,\n"
+        "exit codes: 0 all taken, 1 the broker refused some event,\n"
         "2 usage, 3 the file is unreadable or the broker did not answer.\n");
 }
 
