@@ -40,6 +40,10 @@ s_print(const s_outcomes *o, const sb_ack_info *a)
         return;
     }
     printf("error: %s", sb_strerror(a->err));
+    /* The broker's reason names the field, the value and the limit. */
+    if (a->detail != NULL && a->detail[0] != '\0' &&
+        strcmp(a->detail, sb_strerror(a->err)) != 0)
+        printf(": %s", a->detail);
     if (a->err == SB_EDUP && a->seq != 0) /* the original's seq */
         printf(" seq=%" PRIu64, a->seq);
     putchar('\n');
@@ -153,7 +157,9 @@ s_publish(sb_publisher *p, sb_pub_event *ev, const void *data, size_t len)
     ev->payload_len = len;
     sb_err rc = sb_publisher_publish(p, ev, 0, NULL);
     if (rc != SB_OK) {
-        fprintf(stderr, "snapbus pub: %s\n", sb_strerror(rc));
+        const char *why = sb_publisher_last_error(p);
+        fprintf(stderr, "snapbus pub: %s%s%s\n", sb_strerror(rc),
+                why[0] ? ": " : "", why);
         return rc == SB_EINVAL || rc == SB_ETOOBIG ? CLI_REFUSED : CLI_FAILED;
     }
     return CLI_OK;
