@@ -79,13 +79,7 @@ sb_event_size(const sb_event *ev)
            ev->event_id_len + ev->producer_id_len + 48;
 }
 
-typedef enum {
-    SB_CLOSE_DELAY = 0,
-    SB_CLOSE_IMMEDIATE = 1,
-    SB_CLOSE_MAX_EVENTS = 2,
-    SB_CLOSE_MAX_BYTES = 3,
-    SB_CLOSE_SHUTDOWN = 4
-} sb_close_reason;
+/* sb_close_reason (SB_CLOSE_*) is the public one, from sb_err.h. */
 
 /* A batch of one aggregate (the topic it is published under). Events of
  * other aggregates may have joined it through caused_by. */

@@ -197,7 +197,7 @@ sb_os_fdatasync(int fd)
         return s_fail(e);
     /* No retry on EINTR-like failures: after a failed fsync the kernel may
      * have dropped the dirty pages, so the caller must rewrite, not just
-     * sync again (sb_store.c does). */
+     * sync again (sb_store_writer.c does). */
     if (fdatasync(fd) != 0)
         return s_fail(errno);
     return SB_OK;

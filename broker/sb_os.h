@@ -1,7 +1,7 @@
 /* The file-system calls of the on-disk log, and nothing else.
  *
  * Only this module (and main.c, for signals) talks to the OS about files:
- * the log's core (sb_store.c) reaches open/pwrite/fdatasync/rename only
+ * the log's core (sb_store_*.c) reaches open/pwrite/fdatasync/rename only
  * through these wrappers, so their error mapping and the test hooks live in
  * one place.
  *

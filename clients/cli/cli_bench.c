@@ -515,8 +515,11 @@ s_show_missing(const sub_run *r, const broker *br)
                !(r->bitmap[(end + 1) >> 3] & (1u << ((end + 1) & 7))))
             end++;
         /* Did the broker publish them? Its ring says. */
-        sb_fetch_opts fo = {.from_seq = base + 1 + k, .to_seq = base + 1 + end,
-                            .curve = s_curve_now};
+        sb_fetch_opts fo;
+        sb_fetch_opts_defaults(&fo);
+        fo.from_seq = base + 1 + k;
+        fo.to_seq = base + 1 + end;
+        fo.curve = s_curve_now;
         sb_fetch_info fi;
         uint64_t held = 0;
         sb_err fe = sb_fetch(br->query, &fo, s_count_batch, &held, &fi, 2000);

@@ -232,9 +232,10 @@ static sb_err
 s_broker_last_seq(const sb_subscriber_opts *so, int timeout_ms,
                   uint64_t *out)
 {
-    sb_fetch_opts fo = {0};
+    sb_fetch_opts fo;
     sb_fetch_info info;
 
+    sb_fetch_opts_defaults(&fo);
     fo.after_batch_id = UINT64_MAX;
     fo.headers_only = 1;
     fo.curve = so->curve;

@@ -12,7 +12,14 @@
  * SB_DONTWAIT). When the broker is busy, ZeroMQ's high-water mark fills and
  * publish waits likewise: that is the broker's backpressure reaching you.
  * Linger and replies are handled inside publish, flush and poll calls:
- * call sb_publisher_poll() when idle. */
+ * call sb_publisher_poll() when idle.
+ *
+ * Option structs (sb_publisher_opts, sb_subscriber_opts, sb_fetch_opts)
+ * start with struct_size and must be filled by their _defaults function
+ * first, then changed field by field. Later versions append fields: a
+ * program built against this header keeps working with them (the fields
+ * it does not know keep their defaults). A struct_size that is not set
+ * (0) or larger than the library knows is SB_EINVAL. */
 #ifndef SNAPBUS_H
 #define SNAPBUS_H
 
@@ -54,6 +61,7 @@ SB_EXPORT sb_err sb_curve_key_load(const char *arg, char *z85, char *why,
 typedef struct sb_publisher sb_publisher;
 
 typedef struct {
+    size_t struct_size;    /* set by sb_publisher_opts_defaults */
     const char *endpoint;  /* broker ingest, e.g. "tcp://127.0.0.1:7701" */
     sb_ack ack;            /* for every event of this publisher */
     uint32_t window;       /* requests awaiting a reply, at most */
@@ -89,8 +97,6 @@ typedef struct {
      * SB_ETIMEDOUT. Only safe when the broker can recognise the events
      * (producer or event ids). -1: 3 with producer_id set, else 0. */
     int resend;
-    /* Tests only: the first N replies are read and dropped as if lost. */
-    uint32_t test_drop_replies;
 } sb_publisher_opts;
 
 SB_EXPORT void sb_publisher_opts_defaults(sb_publisher_opts *o);
@@ -217,7 +223,7 @@ SB_EXPORT uint64_t sb_snapshot_agg_last_seq(const sb_snapshot *b);
 SB_EXPORT uint64_t sb_snapshot_prev_last_seq(const sb_snapshot *b);
 SB_EXPORT uint64_t sb_snapshot_timestamp_ms(const sb_snapshot *b);
 SB_EXPORT int sb_snapshot_source_pos(const sb_snapshot *b, uint64_t *pos);
-SB_EXPORT int sb_snapshot_close_reason(const sb_snapshot *b);
+SB_EXPORT sb_close_reason sb_snapshot_close_reason(const sb_snapshot *b);
 SB_EXPORT size_t sb_snapshot_count(const sb_snapshot *b);
 SB_EXPORT sb_err sb_snapshot_event_get(const sb_snapshot *b, size_t i,
                                        sb_snapshot_event *out);
@@ -249,6 +255,7 @@ typedef enum {
 } sb_loss_policy;
 
 typedef struct {
+    size_t struct_size;         /* set by sb_subscriber_opts_defaults */
     const char *endpoint;       /* broker PUB, e.g. "tcp://127.0.0.1:7702" */
     /* Broker query socket (hello, fetch), e.g. "tcp://127.0.0.1:7703".
      * Default NULL: no gap fill; a gap seen in the seqs is then reported
@@ -348,6 +355,7 @@ SB_EXPORT void sb_subscriber_stats_get(const sb_subscriber *s,
 /* ---- Query (fetch from the broker's retained batches) --------------- */
 
 typedef struct {
+    size_t struct_size;      /* set by sb_fetch_opts_defaults */
     const char *prefix;      /* topic prefix; NULL or "" for all */
     uint64_t from_seq;
     uint64_t to_seq;         /* 0: no bound */
@@ -360,6 +368,10 @@ typedef struct {
      * events): a cheap look at what was published. */
     int headers_only;
 } sb_fetch_opts;
+
+/* Everything zero (all topics, from the start, broker limits, no CURVE)
+ * and struct_size set. */
+SB_EXPORT void sb_fetch_opts_defaults(sb_fetch_opts *o);
 
 typedef struct {
     uint64_t last_batch_id;  /* cursor for the next page */

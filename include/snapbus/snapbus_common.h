@@ -10,7 +10,23 @@
 extern "C" {
 #endif
 
+/* Marks the library's API. Building libsnapbus (SB_BUILDING_LIBRARY):
+ * exported from the shared library; everything else in it stays hidden.
+ * Using it: a plain declaration, or a DLL import where there are DLLs
+ * (define SB_STATIC to link libsnapbus statically there). */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#if defined(SB_BUILDING_LIBRARY)
+#define SB_EXPORT __declspec(dllexport)
+#elif defined(SB_STATIC)
+#define SB_EXPORT
+#else
+#define SB_EXPORT __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
 #define SB_EXPORT __attribute__((visibility("default")))
+#else
+#define SB_EXPORT
+#endif
 
 /* Every value is pinned: the numbers are part of the ABI. New codes are
  * appended, never renumbered or reused. */
@@ -52,6 +68,17 @@ typedef enum {
     SB_ACK_DURABLE = 2,   /* in the synced on-disk log */
     SB_ACK_PUBLISHED = 3  /* sent to subscribers in a snapshot batch */
 } sb_ack;
+
+/* Why a batch was closed (SnapshotBatch.close_reason, docs/PROTOCOL.md).
+ * Pinned like sb_err; a broker of a later version may send a value not
+ * listed here, which is passed on as it is. */
+typedef enum {
+    SB_CLOSE_DELAY = 0,      /* the aggregate's delay ended */
+    SB_CLOSE_IMMEDIATE = 1,  /* delay 0: flushed with its request */
+    SB_CLOSE_MAX_EVENTS = 2, /* reached max_batch_events */
+    SB_CLOSE_MAX_BYTES = 3,  /* reached max_batch_bytes */
+    SB_CLOSE_SHUTDOWN = 4    /* the broker was stopping */
+} sb_close_reason;
 
 #ifdef __cplusplus
 }

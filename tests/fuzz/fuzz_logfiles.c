@@ -1,5 +1,6 @@
-/* Fuzzes what reads the durable log's files (broker/sb_store.c): the
- * reader (sb_store_reader_*, which a fetch from the log and the CLI use)
+/* Fuzzes what reads the durable log's files (broker/sb_store_reader.c,
+ * sb_store_recovery.c): the reader (sb_store_reader_*, which a fetch from
+ * the log and the CLI use)
  * and recovery (sb_store_open), over a segment file and a checkpoint made
  * of fuzzed bytes. Whatever is in the log directory after a crash, a bad
  * disk or a hostile hand must at worst be refused (SB_EPROTO) or cut off

@@ -120,7 +120,7 @@ s_compare(const sb_snapshot *s, const Snapbus__SnapshotBatch *m)
     FUZZ_CHECK(sb_snapshot_agg_last_seq(s) == m->aggregate_last_seq);
     FUZZ_CHECK(sb_snapshot_prev_last_seq(s) == m->prev_last_seq);
     FUZZ_CHECK(sb_snapshot_timestamp_ms(s) == m->timestamp_ms);
-    FUZZ_CHECK(sb_snapshot_close_reason(s) == (int) m->close_reason);
+    FUZZ_CHECK((int) sb_snapshot_close_reason(s) == (int) m->close_reason);
     uint64_t pos = 0;
     FUZZ_CHECK(sb_snapshot_source_pos(s, &pos) == (m->has_source_pos != 0));
     FUZZ_CHECK(!m->has_source_pos || pos == m->source_pos);

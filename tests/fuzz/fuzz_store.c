@@ -1,4 +1,4 @@
-/* Fuzzes the durable log's record codec (broker/sb_store.c,
+/* Fuzzes the durable log's record codec (broker/sb_store_format.c,
  * sb_store_decode): the bytes of a log segment after a crash, a bad disk
  * or a hostile hand must at worst be refused (SB_EPROTO) or read as
  * incomplete (SB_EAGAIN), never crash, hang or leak. The files around the

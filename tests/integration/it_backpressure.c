@@ -44,7 +44,7 @@ s_sub(void *arg)
         sb_snapshot *b;
         if (sb_subscriber_recv(sub, &b, 100) != SB_OK)
             continue;
-        if (sb_snapshot_close_reason(b) == 4 /* CLOSE_SHUTDOWN */)
+        if (sb_snapshot_close_reason(b) == SB_CLOSE_SHUTDOWN)
             s->shutdown_batches++;
         for (size_t i = 0; i < sb_snapshot_count(b); i++) {
             sb_snapshot_event e;

@@ -779,10 +779,11 @@ s_on_fetched(sb_snapshot *b, void *c)
 static void
 s_fill(topic *t, uint64_t upto)
 {
-    sb_fetch_opts o = {0};
+    sb_fetch_opts o;
     sb_fetch_info info;
     fill_ctx f = {t, upto};
 
+    sb_fetch_opts_defaults(&o);
     o.prefix = t->name;
     o.from_seq = t->last + 1;
     o.to_seq = upto;

@@ -319,10 +319,11 @@ static void
 s_fetch_all(const sbt_broker *b, log_view *v)
 {
     fetch_ctx c = {v, 0, 0, 1, 0};
-    sb_fetch_opts o = {0};
+    sb_fetch_opts o;
     sb_fetch_info info;
     sb_err rc;
 
+    sb_fetch_opts_defaults(&o);
     o.from_seq = 1;
     do {
         rc = sb_fetch(b->query, &o, s_on_batch, &c, &info, 10000);

@@ -283,7 +283,7 @@ s_fetch(fixture *f, const sb_curve_opts *curve, int *n)
 {
     sb_fetch_opts o;
 
-    memset(&o, 0, sizeof o);
+    sb_fetch_opts_defaults(&o);
     o.from_seq = 1;
     if (curve != NULL)
         o.curve = *curve;

@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "harness.h"
+#include "sbc_testing.h"
 #include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
@@ -356,8 +357,8 @@ test_resend_after_lost_ack_gets_the_original(void **state)
     o.ack = SB_ACK_PUBLISHED;
     o.producer_id = "lost-ack";
     o.reply_timeout_ms = 300;
-    o.test_drop_replies = 1; /* the first reply is "lost" */
     assert_int_equal(sb_publisher_new(&p, &o), SB_OK);
+    sbc_publisher_test_drop_replies(p, 1); /* the first reply is "lost" */
     sb_publisher_on_ack(p, s_on_ack, &k);
     s_publish(p, 1);
     assert_int_equal(sb_publisher_wait_all(p, 20000), SB_OK);

@@ -193,8 +193,9 @@ test_full_disk_refuses_typed_then_recovers(void **state)
     /* Everything else still answers. */
     assert_true(s_hello_answers(bp->ingest));
     uint64_t fetched = 0;
-    sb_fetch_opts fo = {0};
+    sb_fetch_opts fo;
     sb_fetch_info fi;
+    sb_fetch_opts_defaults(&fo);
     fo.from_seq = 1;
     assert_int_equal(
         sb_fetch(bp->query, &fo, s_count_batch, &fetched, &fi, 5000), SB_OK);

@@ -99,7 +99,7 @@ s_sub(void *arg)
             k++;
         s->by_size[k]++;
         s->batches++;
-        if (sb_snapshot_close_reason(b) == 4)
+        if (sb_snapshot_close_reason(b) == SB_CLOSE_SHUTDOWN)
             s->shutdown_batches++;
         for (size_t i = 0; i < n; i++) {
             sb_snapshot_event e;

@@ -209,11 +209,12 @@ test_fetch_exact_and_headers_only(void **state)
 {
     conn *c = s_connect(broker.ingest, ZMQ_DEALER);
     Snapbus__Event e[3], *ev[3] = {&e[0], &e[1], &e[2]};
-    sb_fetch_opts o = {0};
+    sb_fetch_opts o;
     sb_fetch_info info;
     fetched all = {0}, exact = {0}, heads = {0};
 
     (void) state;
+    sb_fetch_opts_defaults(&o);
     s_ev(&e[0], "fx/a");
     s_ev(&e[1], "fx/ab");
     s_ev(&e[2], "fx/a");
@@ -476,11 +477,12 @@ test_fetch_from_seq_0_is_the_ring_1_the_log(void **state)
     sb_publisher *p;
     sb_pub_event ev = {.aggregate = "r/1", .type = "T", .payload = "x",
                        .payload_len = 1};
-    sb_fetch_opts fo = {0};
+    sb_fetch_opts fo;
     sb_fetch_info info;
     uint64_t last = 0;
 
     (void) state;
+    sb_fetch_opts_defaults(&fo);
     assert_non_null(mkdtemp(dir));
     assert_int_equal(sbt_broker_start(&b, extra), 0);
     sb_publisher_opts_defaults(&po);

@@ -132,11 +132,21 @@ out:
     return rc;
 }
 
+/* The first version of sb_fetch_opts ended with `headers_only`. */
+#define S_OPTS_V1 (offsetof(sb_fetch_opts, headers_only) + sizeof(int))
+
+void
+sb_fetch_opts_defaults(sb_fetch_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+}
+
 sb_err
-sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
+sb_fetch(const char *query_endpoint, const sb_fetch_opts *in, sb_snapshot_fn fn,
          void *ctx, sb_fetch_info *info, int timeout_ms)
 {
-    sb_fetch_opts none;
+    sb_fetch_opts opts, *o = &opts;
     sb_fetch_info scratch;
     sb_err rc = SB_ESYS;
     void *zctx = NULL, *sock = NULL;
@@ -145,10 +155,9 @@ sb_fetch(const char *query_endpoint, const sb_fetch_opts *o, sb_snapshot_fn fn,
 
     if (query_endpoint == NULL || query_endpoint[0] == '\0')
         return SB_EINVAL;
-    if (o == NULL) {
-        memset(&none, 0, sizeof none);
-        o = &none;
-    }
+    sb_fetch_opts_defaults(&opts);
+    if (in != NULL && sbc_opts_take(&opts, sizeof opts, S_OPTS_V1, in) != SB_OK)
+        return SB_EINVAL;
     if (info == NULL)
         info = &scratch;
     memset(info, 0, sizeof *info);

@@ -65,6 +65,7 @@
 #include "sb_utf8.h"
 #include "sbc_curve.h"
 #include "sbc_internal.h"
+#include "sbc_testing.h"
 #include <snapbus/snapbus.h>
 #include "snapbus.pb-c.h"
 
@@ -226,6 +227,7 @@ void
 sb_publisher_opts_defaults(sb_publisher_opts *o)
 {
     memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->endpoint = "tcp://127.0.0.1:7701";
     o->ack = SB_ACK_SEQUENCED;
     o->window = 64;
@@ -270,14 +272,28 @@ s_setopt_int(void *sock, int opt, int v)
 
 static int s_monitor_start(sb_publisher *p);
 
+/* The first version of sb_publisher_opts ended with `resend`: a caller's
+ * struct is at least that long. Fields appended later keep their defaults
+ * for callers built before them. */
+#define S_OPTS_V1                                                              \
+    (offsetof(sb_publisher_opts, resend) + sizeof(int))
+
+void
+sbc_publisher_test_drop_replies(sb_publisher *p, uint32_t n)
+{
+    p->drop_replies = n;
+}
+
 sb_err
-sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
+sb_publisher_new(sb_publisher **out, const sb_publisher_opts *in)
 {
     sb_err rc;
     sb_publisher *p;
     sbc_curve curve;
+    sb_publisher_opts opts, *o = &opts;
 
-    if (out == NULL || o == NULL)
+    sb_publisher_opts_defaults(&opts);
+    if (out == NULL || sbc_opts_take(&opts, sizeof opts, S_OPTS_V1, in) != SB_OK)
         return SB_EINVAL;
     if ((rc = s_opts_check(o)) != SB_OK)
         return rc;
@@ -315,7 +331,6 @@ sb_publisher_new(sb_publisher **out, const sb_publisher_opts *o)
     p->resend = o->resend >= 0 ? o->resend : o->producer_id != NULL ? 3 : 0;
     if (o->ack == SB_ACK_NONE)
         p->resend = 0; /* nothing is remembered to resend */
-    p->drop_replies = o->test_drop_replies;
     if (o->ack == SB_ACK_NONE)
         p->recent = calloc(SBC_RECENT, sizeof *p->recent);
     else

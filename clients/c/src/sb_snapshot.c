@@ -426,10 +426,10 @@ sb_snapshot_source_pos(const sb_snapshot *b, uint64_t *pos)
     return 1;
 }
 
-int
+sb_close_reason
 sb_snapshot_close_reason(const sb_snapshot *b)
 {
-    return b->close_reason;
+    return (sb_close_reason)b->close_reason;
 }
 
 size_t

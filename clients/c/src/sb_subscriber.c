@@ -41,6 +41,7 @@ void
 sb_subscriber_opts_defaults(sb_subscriber_opts *o)
 {
     memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->endpoint = "tcp://127.0.0.1:7702";
     /* No default: a broker's query endpoint cannot be guessed from its PUB
      * endpoint, and hello to the wrong one would stall the start. */
@@ -177,14 +178,21 @@ s_now(void *ctx)
 
 /* ---- public API --------------------------------------------------------- */
 
+/* The first version of sb_subscriber_opts ended with `curve`. */
+#define S_OPTS_V1 (offsetof(sb_subscriber_opts, curve) + sizeof(sb_curve_opts))
+
 sb_err
-sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *o)
+sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *in)
 {
     sb_err rc = SB_ENOMEM;
     sb_subscriber *s;
     sbc_curve curve;
+    sb_subscriber_opts opts, *o = &opts;
 
-    if (out == NULL || o == NULL || o->endpoint == NULL ||
+    sb_subscriber_opts_defaults(&opts);
+    if (sbc_opts_take(&opts, sizeof opts, S_OPTS_V1, in) != SB_OK)
+        return SB_EINVAL;
+    if (out == NULL || o->endpoint == NULL ||
         o->endpoint[0] == '\0' || o->rcvhwm < 0 || o->probe_ms < 0 ||
         (o->resume_from_seq != 0 &&
          (o->query_endpoint == NULL || o->query_endpoint[0] == '\0')) ||

@@ -56,6 +56,15 @@ void sbc_sleep_ms(int ms);
 sb_err sbc_err_from_wire(int code);
 
 
+/* Takes a caller's option struct (one that starts with struct_size) into
+ * dst, which holds the defaults: the caller's struct_size bytes replace
+ * the start of dst, the fields it does not know keep their defaults.
+ * SB_EINVAL if src is NULL or its struct_size is below min_size (the
+ * first version's struct: _defaults was not called) or above dst_size (a
+ * newer struct than this library knows). */
+sb_err sbc_opts_take(void *dst, size_t dst_size, size_t min_size,
+                     const void *src);
+
 /* Duplicates a string, NULL for NULL; used for endpoints in opts so that
  * no object keeps a pointer to caller memory. */
 char *sbc_strdup(const char *s);

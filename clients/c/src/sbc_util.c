@@ -195,3 +195,18 @@ sbc_strdup(const char *s)
         memcpy(d, s, n);
     return d;
 }
+
+sb_err
+sbc_opts_take(void *dst, size_t dst_size, size_t min_size, const void *src)
+{
+    size_t n;
+
+    if (src == NULL)
+        return SB_EINVAL;
+    memcpy(&n, src, sizeof n); /* struct_size is every struct's first field */
+    if (n < min_size || n > dst_size)
+        return SB_EINVAL;
+    memcpy(dst, src, n);
+    memcpy(dst, &dst_size, sizeof dst_size);
+    return SB_OK;
+}
