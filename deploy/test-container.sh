@@ -166,7 +166,7 @@ echo "base image in $(($(now_ms) - t0)) ms"
 step "build deploy/Containerfile"
 # Only the files the build reads: a local build/ must not bloat the context.
 mkdir -p "$W/ctx"
-cp -r CMakeLists.txt proto broker clients tests deploy "$W/ctx/"
+cp -r CMakeLists.txt cmake proto include common broker clients tests deploy "$W/ctx/"
 t0=$(now_ms)
 if "${P[@]}" build -q --pull=never --network host --format docker \
         -t "$IMAGE" -f "$W/ctx/deploy/Containerfile" "$W/ctx" >"$W/build.log" 2>&1; then
