@@ -68,7 +68,9 @@ test_from_seq_exit_at_end_and_resume(void **state)
 
     (void) state;
     snprintf(pos, sizeof pos, "%s/position", s_b.dir);
-    assert_int_equal(s_run("%s pub -e %s -g r/1 a b c 2>&1", CLI, s_b.ingest), 0);
+    /* --ack published: --exit-at-end waits for what was published when it
+     * started, so the batches must be out before it starts. */
+    assert_int_equal(s_run("%s pub -e %s -g r/1 --ack published a b c 2>&1", CLI, s_b.ingest), 0);
     /* Everything so far, then exit 0. */
     assert_int_equal(s_run("%s sub -e %s -Q %s --from-seq 1 --exit-at-end "
                            "-T 60000 2>&1", CLI, s_b.pub, s_b.query), 0);
@@ -80,7 +82,7 @@ test_from_seq_exit_at_end_and_resume(void **state)
     assert_int_equal(s_run("cat %s", pos), 0);
     assert_string_equal(s_out, "4\n");
     /* Published while it was stopped: the next start prints only that. */
-    assert_int_equal(s_run("%s pub -e %s -g r/1 d e 2>&1", CLI, s_b.ingest), 0);
+    assert_int_equal(s_run("%s pub -e %s -g r/1 --ack published d e 2>&1", CLI, s_b.ingest), 0);
     assert_int_equal(s_run("%s sub -e %s -Q %s --resume %s --exit-at-end "
                            "-T 60000 2>&1", CLI, s_b.pub, s_b.query, pos), 0);
     assert_non_null(strstr(s_out, "aggregate=r/1 seq=4..5"));
