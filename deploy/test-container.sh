@@ -312,11 +312,10 @@ kube_play_checks() {
         check "kube play: $p GET $path answers 200" \
             test "$(http_status "$km" "$path")" = 200
     done
-    if [ -n "$("${P[@]}" inspect -f '{{.Config.Healthcheck}}' "$ctr" 2>/dev/null |
-        tr -d '<>{}[] ' | sed 's/nil//g')" ]; then
-        check "kube play: podman healthcheck run (the livenessProbe)" \
-            "${P[@]}" healthcheck run "$ctr"
-    fi
+    # Not `podman healthcheck run`: podman turns an httpGet probe into a
+    # curl command, and the image has no curl (its HEALTHCHECK uses
+    # `snapbus stat --ready`), so that says "unhealthy" whatever the
+    # broker answers. The probes' own requests are the checks above.
     rm -f "$W/sub2.ready"
     "$CLI" sub --endpoint "$kpub" --query "$kquery" --prefix k8s/ \
         --ready-file "$W/sub2.ready" >"$W/sub2.out" 2>&1 &
