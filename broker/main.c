@@ -20,6 +20,7 @@
 #include <zmq.h>
 
 #include "sb_auth.h"
+#include "sb_budget.h"
 #include "sb_clock.h"
 #include "sb_config.h"
 #include "sb_ingest.h"
@@ -182,6 +183,8 @@ main(int argc, char **argv)
     sb_store_recovery rec = {0};
     sb_logstore *logstore = NULL;
     sb_auth *auth = NULL;
+    sb_credit *credit = NULL;
+    sb_budget_plan plan;
     char secret[SB_KEY_Z85_LEN + 1] = "";
     sb_clock clock = sb_clock_system();
     int status = 1;
@@ -232,6 +235,11 @@ main(int argc, char **argv)
             sb_keyset_destroy(&ks);
         }
     }
+    /* sb_config_check made the same plan: it cannot fail here. */
+    if (sb_budget_plan_make(&plan, &cfg, why, sizeof why) != SB_OK) {
+        fprintf(stderr, "snapbusd: configuration: %s\n", why);
+        return 2;
+    }
     if (check) {
         explicit_bzero(secret, sizeof secret);
         if (cfg.deprecated[0] != '\0')
@@ -257,6 +265,17 @@ main(int argc, char **argv)
            (unsigned long long) cfg.retain_bytes,
            (unsigned long long) cfg.storage.retain_bytes,
            cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
+    SB_LOG(SB_LOG_INFO, "broker.memory_budget",
+           "budget=%llu requests=%llu replies=%llu ring=%llu outgoing=%llu "
+           "fetch=%llu dedup=%llu log_buffer=%llu zmq=%llu requests_over=%llu "
+           "ingest_rcvhwm=%d ingest_sndhwm=%d ingest_maxmsgsize=%lld",
+           (unsigned long long) plan.budget, (unsigned long long) plan.requests,
+           (unsigned long long) plan.replies, (unsigned long long) plan.ring,
+           (unsigned long long) plan.outgoing, (unsigned long long) plan.fetch,
+           (unsigned long long) plan.dedup, (unsigned long long) plan.log_buffer,
+           (unsigned long long) plan.zmq,
+           (unsigned long long) plan.requests_over, plan.ingest_rcvhwm,
+           plan.ingest_sndhwm, (long long) plan.ingest_maxmsgsize);
 
     /* Signals are taken by this thread alone, with sigwait: every actor
      * thread inherits the blocked mask. */
@@ -293,7 +312,8 @@ main(int argc, char **argv)
                sb_strerror(src));
         goto out;
     }
-    if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK)
+    if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK ||
+        sb_credit_new(&credit, plan.requests) != SB_OK)
         goto out;
     /* The ZAP handler before any CURVE socket: libzmq admits every CURVE
      * client while none is bound. */
@@ -333,7 +353,7 @@ main(int argc, char **argv)
                             cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
                             epoch, l.to_publisher, l.pub_replies,
                             cfg.storage.dir, rec.last_seq, rec.last_batch_id,
-                            secret[0] != '\0' ? secret : NULL};
+                            secret[0] != '\0' ? secret : NULL, plan.outgoing};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
@@ -350,7 +370,8 @@ main(int argc, char **argv)
         .sync_interval_ms = cfg.storage.sync_interval_ms,
         /* Everything in flight when the disk fills is held, not parked:
          * then the ingest can go on answering ERR_STORAGE_FULL. */
-        .max_held = 2 * cfg.queue + 8, .clock = clock, .in = l.to_log,
+        .max_held = 2 * cfg.queue + 8, .max_held_bytes = plan.log_group,
+        .clock = clock, .in = l.to_log,
         .out = l.to_router, .batch_in = l.log_batches,
         .batch_out = l.to_publisher, .replies = l.log_replies};
     store = NULL; /* the log store has it now, even if it fails */
@@ -361,6 +382,7 @@ main(int argc, char **argv)
      * is read, so a restart forgets no original it can still answer for. */
     sb_dedup *dedup = NULL;
     sb_dedup_stats *dedup_stats = NULL;
+    cfg.dedup.max_bytes = plan.dedup;
     if (sb_dedup_new(&dedup, &cfg.dedup) != SB_OK ||
         sb_dedup_rebuild(dedup, cfg.storage.dir, rec.last_seq,
                          sb_clock_now(&clock)) != SB_OK) {
@@ -379,7 +401,9 @@ main(int argc, char **argv)
                          "snapbusd " SB_VERSION, epoch, l.to_seq, l.seq_replies,
                          l.pub_replies, sb_sequencer_actor_last_seq_ref(seq),
                          &ps->last_batch_id, l.log_replies,
-                         sb_logstore_full_flag(logstore), pa.curve_secret};
+                         sb_logstore_full_flag(logstore), pa.curve_secret,
+                         credit, plan.ingest_rcvhwm, plan.ingest_sndhwm,
+                         plan.ingest_maxmsgsize};
     if (sb_ingest_new(&ingest, &ia) != SB_OK)
         goto out;
     /* Every socket holds its own copy now. */
@@ -394,7 +418,7 @@ main(int argc, char **argv)
                       l.log_batches, l.log_replies},
             .nlinks = 10, .log = sb_logstore_stats_get(logstore),
             .auth = auth != NULL ? sb_auth_stats_get(auth) : NULL,
-            .dedup = dedup_stats};
+            .dedup = dedup_stats, .budget = &plan, .credit = credit};
         sb_metrics_attach(metrics, &ms);
     }
     if (cfg.ready_file[0] != '\0' &&
@@ -457,6 +481,7 @@ out:
     sb_auth_destroy(&auth); /* after every CURVE socket is closed */
     explicit_bzero(secret, sizeof secret);
     s_links_destroy(&l);
+    sb_credit_destroy(&credit); /* every request is freed by now */
     if (ctx != NULL)
         zmq_ctx_term(ctx);
     if (cfg.ready_file[0] != '\0')

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_budget.h"
 #include "sb_log.h"
 #include "sb_metrics.h"
 
@@ -36,6 +37,7 @@ static const s_key s_keys[] = {
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
+    U64("broker", "memory_budget", memory_budget, 16u << 20, 1ull << 44, "bytes the broker holds for work in flight at most (requests, retention, fetches, de-duplication, ZeroMQ queues); suffixes k, M, G; full: the ingest stops reading"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
@@ -85,6 +87,7 @@ sb_config_defaults(sb_config *c)
     strcpy(c->log_level, "info");
     c->hwm = 10000;
     c->queue = 1024;
+    c->memory_budget = 256u << 20;
     sb_limits_defaults(&c->limits);
     sb_router_config_defaults(&c->router);
     c->retain_batches = 100000;
@@ -519,6 +522,9 @@ sb_config_check(const sb_config *c, char *why, size_t n)
     if (sb_store_config_check(&c->storage, why, n) != SB_OK)
         return SB_EINVAL;
     if (sb_dedup_config_check(&c->dedup, why, n) != SB_OK)
+        return SB_EINVAL;
+    sb_budget_plan plan;
+    if (sb_budget_plan_make(&plan, c, why, n) != SB_OK)
         return SB_EINVAL;
     if (c->limits.shard_index >= c->limits.shard_count) {
         snprintf(why, n, "shard.index (%u) must be below shard.count (%u)",

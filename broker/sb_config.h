@@ -25,6 +25,7 @@ typedef struct {
     char metrics[256]; /* HTTP listen address HOST:PORT; "" = off */
     uint32_t hwm;
     uint32_t queue;
+    uint64_t memory_budget; /* bytes: docs/ARCHITECTURE.md, "Memory budget" */
     sb_limits limits;
     sb_router_config router;
     uint64_t retain_batches; /* [retention] ring_batches: the memory ring */

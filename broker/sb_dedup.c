@@ -536,6 +536,27 @@ sb_dedup_check(sb_dedup *d, const sb_event *ev, uint64_t now_ms,
     return v;
 }
 
+/* Back under max_bytes, in the order sb_dedup.h gives. The producer just
+ * recorded is at the LRU head and stays: it is never evicted while it is
+ * the only one. */
+static void
+s_trim(sb_dedup *d)
+{
+    while (d->cfg.max_bytes != 0 && d->mem > d->cfg.max_bytes) {
+        if (d->eid_head != NULL) {
+            s_eid_drop_oldest(d);
+            atomic_fetch_add(&d->st.id_evicted, 1);
+            atomic_store(&d->st.ids, sb_map_size(d->eids));
+        } else if (d->lru_tail != NULL && d->lru_tail != d->lru_head) {
+            s_prod_evict(d);
+        } else if (d->tomb_head != NULL) {
+            s_tomb_drop_oldest(d);
+        } else {
+            break;
+        }
+    }
+}
+
 sb_err
 sb_dedup_record(sb_dedup *d, const sb_event *ev, uint64_t now_ms)
 {
@@ -551,6 +572,7 @@ sb_dedup_record(sb_dedup *d, const sb_event *ev, uint64_t now_ms)
     }
     if (rc != SB_OK)
         atomic_fetch_add(&d->st.nomem, 1);
+    s_trim(d);
     return rc;
 }
 

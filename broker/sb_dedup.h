@@ -48,6 +48,12 @@ typedef struct {
     uint32_t event_id_age_s;  /* and for at most this long; 0: no bound */
     uint64_t rebuild_events;  /* at start, read at most this many of the
                                * log's last events; 0: the whole log */
+    /* Memory cap, bytes (the memory budget's share; not a key of its
+     * own); 0: only the counts bound it. Past it the oldest event ids go
+     * first, then least recently used producers (leaving tombstones),
+     * then the oldest tombstones: counted as evictions, as at the count
+     * bounds. */
+    uint64_t max_bytes;
 } sb_dedup_config;
 
 void sb_dedup_config_defaults(sb_dedup_config *c);

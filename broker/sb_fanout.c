@@ -31,8 +31,11 @@ struct sb_ring {
 void
 sb_blob_unref(sb_blob *b)
 {
-    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1)
+    if (b != NULL && atomic_fetch_sub(&b->refs, 1) == 1) {
+        if (b->acct != NULL)
+            atomic_fetch_sub(b->acct, sizeof *b + b->len);
         free(b);
+    }
 }
 
 sb_err
@@ -197,6 +200,30 @@ struct sb_fanout {
     uint64_t low_seq; /* highest low_seq published: for the query hello */
 };
 
+/* Counts a new blob's bytes for as long as it lives. */
+static void
+s_account(sb_fanout *p, sb_blob *b)
+{
+    b->acct = &p->st.blob_bytes;
+    atomic_fetch_add(&p->st.blob_bytes, sizeof *b + b->len);
+}
+
+/* Bytes of batches held only by ZeroMQ or a page being built: all that
+ * live, less what the ring holds. */
+static uint64_t
+s_outgoing(sb_fanout *p)
+{
+    uint64_t all = atomic_load(&p->st.blob_bytes), ring = sb_ring_bytes(p->ring);
+
+    return all > ring ? all - ring : 0;
+}
+
+static int
+s_outgoing_full(sb_fanout *p)
+{
+    return p->args.outgoing_max != 0 && s_outgoing(p) >= p->args.outgoing_max;
+}
+
 static void
 s_blob_free(void *data, void *hint)
 {
@@ -274,18 +301,24 @@ s_publish(sb_fanout *p, sb_batch *b)
     blob->topic[b->agg_len] = 0;
     blob->hdr_len = (uint32_t) sb_wire_batch_header_len(blob->data, len);
     blob->low_seq = b->low_seq;
+    s_account(p, blob);
     if (b->low_seq > p->low_seq)
         p->low_seq = b->low_seq;
 
+    sb_ring_add(p->ring, blob); /* first: the outgoing share is then exact */
     /* PUB never blocks: at a subscriber's high-water mark it skips that
-     * subscriber, which notices from the seqs and fetches from the ring. */
-    if (zmq_send(p->pub, blob->topic, blob->topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
+     * subscriber, which notices from the seqs and fetches from the ring.
+     * While ZeroMQ holds the budget's share of batches the ring no longer
+     * has (a stopped subscriber's queue), every subscriber is skipped the
+     * same way: the batch is in the ring, so nothing is lost. */
+    if (s_outgoing_full(p))
+        atomic_fetch_add(&p->st.pub_skipped, 1);
+    else if (zmq_send(p->pub, blob->topic, blob->topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
         atomic_fetch_add(&blob->refs, 1);
         zmq_msg_init_data(&m, blob->data, len, s_blob_free, blob);
         if (zmq_msg_send(&m, p->pub, ZMQ_DONTWAIT) < 0)
             zmq_msg_close(&m);
     }
-    sb_ring_add(p->ring, blob);
     sb_blob_unref(blob);
 
     atomic_fetch_add(&p->st.batches, 1);
@@ -337,6 +370,14 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
         q.max_batches = p->args.fetch_max_batches;
     if (q.max_bytes == 0 || q.max_bytes > p->args.fetch_max_bytes)
         q.max_bytes = p->args.fetch_max_bytes;
+    /* While ZeroMQ holds the budget's share of batches, a page holds one
+     * batch: the fetch still moves on, and a peer that does not read its
+     * replies cannot pin more. */
+    if (s_outgoing_full(p)) {
+        q.max_batches = 1;
+        atomic_fetch_add(&p->st.fetch_shortened, 1);
+    }
+    uint32_t log_max_bytes = q.max_bytes;
     /* Headers are a few dozen bytes: a headers_only page is bounded by
      * its count (and the scan), not by the size of the batches behind. */
     if (f->headers_only)
@@ -344,9 +385,15 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
     sb_err frc = sb_ring_find(p->ring, &q, p->found, &res);
     if (frc == SB_ENOENT && p->log != NULL) {
         /* Older than the ring: the log answers, as far back as it goes,
-         * but no further than what we published (written for sure). */
+         * but no further than what we published (written for sure). It
+         * reads whole batches even for headers_only, so its pages keep
+         * the byte bound. */
+        q.max_bytes = log_max_bytes;
         frc = sb_logstore_find(p->log, &q, atomic_load(&p->st.last_batch_id),
                                p->found, &res);
+        for (uint32_t i = 0; frc == SB_OK && i < res.count; i++)
+            if (p->found[i]->acct == NULL)
+                s_account(p, p->found[i]);
         if (frc != SB_OK && frc != SB_ENOENT) {
             SB_LOG(SB_LOG_WARN, "fanout.log_fetch", "err=%s", sb_strerror(frc));
             frc = SB_ENOENT;
@@ -516,7 +563,7 @@ s_run(sb_actor *self, void *arg)
     }
     for (size_t i = 0; i < p->nout; i++)
         if (p->outbox[i].kind == SB_ITEM_REPLY)
-            free(p->outbox[i].ptr);
+            sb_reply_free(p->outbox[i].ptr);
     p->nout = 0;
     zmq_close(p->pub);
     zmq_close(p->query);

@@ -39,6 +39,12 @@ typedef struct {
     atomic_uint_fast64_t retained_bytes;
     atomic_uint_fast64_t evicted;
     atomic_uint_fast64_t parked;       /* times the ack link was full */
+    /* Encoded batches alive, bytes (sb_blob header and data), whoever
+     * holds them: the ring, ZeroMQ's queues (PUB, fetch replies), a page
+     * being built. Given back by the last unref, on any thread. */
+    atomic_uint_fast64_t blob_bytes;
+    atomic_uint_fast64_t pub_skipped;     /* batches not sent live: outgoing full */
+    atomic_uint_fast64_t fetch_shortened; /* pages cut to one batch: outgoing full */
     /* Published batches by event count, one bucket per batch (not
      * cumulative: one add per batch); bucket i holds sizes up to
      * sb_fanout_size_bounds[i], the last one everything larger. */
@@ -69,6 +75,11 @@ typedef struct {
     /* The broker's CURVE secret key (Z85) for both sockets; NULL: no
      * CURVE. Read only before sb_fanout_new returns. */
     const char *curve_secret;
+    /* The memory budget's share for encoded batches held only by ZeroMQ
+     * (evicted from the ring, or read from the log for a fetch); 0: no
+     * bound. At it, a new batch is not sent live (subscribers see the gap
+     * and fetch it from the ring) and fetch pages hold one batch. */
+    uint64_t outgoing_max;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;
@@ -98,6 +109,9 @@ typedef struct sb_blob {
      * (sb_wire_batch_header_len then gives it). */
     uint32_t hdr_len;
     uint64_t low_seq;    /* sb_batch.low_seq; 0: unknown */
+    /* Where its bytes are counted while it lives (sb_fanout_stats
+     * blob_bytes); NULL: nowhere. */
+    atomic_uint_fast64_t *acct;
     char topic[256];
     uint8_t data[];      /* encoded SnapshotBatch */
 } sb_blob;

@@ -7,6 +7,7 @@
 
 #include "sb_actor.h"
 #include "sb_auth.h"
+#include "sb_budget.h"
 #include "sb_clock.h"
 #include "sb_log.h"
 #include "sb_metrics.h"
@@ -98,7 +99,7 @@ s_reply_now(sb_ingest *in, sb_req *req)
 
     if (sb_reply_from_req(&rp, req) == SB_OK) {
         s_send_reply(in, rp);
-        free(rp);
+        sb_reply_free(rp);
     }
 }
 
@@ -179,6 +180,13 @@ s_publish(sb_ingest *in, const sb_zmq_env *env, sb_wire_request *w)
         sb_req_unref(req);
         return;
     }
+    if (in->args.credit != NULL) {
+        size_t charge = req->mem_bytes;
+        for (uint32_t i = 0; i < req->nevents; i++)
+            if (req->ev[i].status == SB_OK)
+                charge += SB_BUDGET_EVENT_RESERVE(req->ev[i].agg_len);
+        sb_req_charge(req, in->args.credit, charge);
+    }
     atomic_init(&req->unpublished, req->naccepted);
     atomic_fetch_add(&in->st.events_in, req->naccepted);
     s_push(in, (sb_item){SB_ITEM_REQ, req});
@@ -221,10 +229,22 @@ s_read_one(sb_ingest *in, zmq_msg_t *body, const sb_zmq_env *env)
     }
 }
 
+/* May the socket be read? Not while a request is parked, nor while the
+ * credit for requests in flight is used up; while draining always, since
+ * every publish is then answered at once and nothing is kept. */
+static int
+s_may_read(sb_ingest *in)
+{
+    if (in->draining)
+        return 1;
+    return in->npending == 0 &&
+           (in->args.credit == NULL || sb_credit_room(in->args.credit));
+}
+
 static void
 s_read_socket(sb_ingest *in)
 {
-    for (int i = 0; i < S_MAX_READS && (in->npending == 0 || in->draining); i++) {
+    for (int i = 0; i < S_MAX_READS && s_may_read(in); i++) {
         sb_zmq_env env;
         zmq_msg_t body;
         if (sb_zmq_route_recv(in->sock, &env, &body) != SB_OK)
@@ -245,7 +265,7 @@ s_read_replies(sb_ingest *in, sb_link *l)
             return;
         }
         s_send_reply(in, it.ptr);
-        free(it.ptr);
+        sb_reply_free(it.ptr);
     }
 }
 
@@ -262,13 +282,17 @@ s_run(sb_actor *self, void *arg)
         sb_actor_ready(self, SB_ESYS);
         return;
     }
-    /* ZeroMQ refuses (disconnects) past twice our own limit, so the broker
-     * never allocates for a giant message; between the two the sender gets
-     * a typed ERR_TOO_LARGE. */
-    maxmsg = (int64_t) in->args.limits.max_message_bytes * 2;
-    maxmsg_i = in->args.hwm;
+    /* ZeroMQ refuses (disconnects) past maxmsgsize, so the broker never
+     * allocates for a giant message; between limits.max_message_bytes and
+     * it the sender gets a typed ERR_TOO_LARGE. The budget sizes both
+     * (docs/ARCHITECTURE.md, "Memory budget"). */
+    maxmsg = in->args.maxmsgsize > 0
+                 ? in->args.maxmsgsize
+                 : (int64_t) in->args.limits.max_message_bytes * 2;
+    maxmsg_i = in->args.rcvhwm > 0 ? in->args.rcvhwm : in->args.hwm;
     zmq_setsockopt(in->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(in->sock, ZMQ_RCVHWM, &maxmsg_i, sizeof maxmsg_i);
+    maxmsg_i = in->args.sndhwm > 0 ? in->args.sndhwm : in->args.hwm;
     zmq_setsockopt(in->sock, ZMQ_SNDHWM, &maxmsg_i, sizeof maxmsg_i);
     zmq_setsockopt(in->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(in->sock, ZMQ_LINGER, &linger, sizeof linger);
@@ -289,19 +313,27 @@ s_run(sb_actor *self, void *arg)
     sb_actor_ready(self, SB_OK);
 
     while (in->eofs < (in->args.log_replies != NULL ? 3 : 2)) {
-        zmq_pollitem_t p[6] = {
+        int may_read = s_may_read(in);
+        /* Out of credit: woken when freed requests give it back. */
+        int credit_wait = !may_read && in->npending == 0;
+        zmq_pollitem_t p[7] = {
             {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(in->args.seq_replies), ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(in->args.pub_replies), ZMQ_POLLIN, 0},
-            /* The socket is read only while the sequencer has room: this
-             * is where backpressure reaches the network. */
-            {in->sock, 0, (in->npending == 0 || in->draining) ? ZMQ_POLLIN : 0, 0},
+            /* The socket is read only while the sequencer has room and
+             * the budget has credit: this is where backpressure reaches
+             * the network. */
+            {in->sock, 0, may_read ? ZMQ_POLLIN : 0, 0},
             {NULL, sb_link_send_fd(in->args.out), in->npending ? ZMQ_POLLIN : 0, 0},
             {NULL, in->args.log_replies ? sb_link_recv_fd(in->args.log_replies) : -1,
              in->args.log_replies ? ZMQ_POLLIN : 0, 0},
+            {NULL, in->args.credit ? sb_credit_fd(in->args.credit) : -1,
+             credit_wait ? ZMQ_POLLIN : 0, 0},
         };
-        if (zmq_poll(p, 6, -1) < 0 && errno != EINTR)
+        if (zmq_poll(p, 7, -1) < 0 && errno != EINTR)
             break;
+        if (p[6].revents & ZMQ_POLLIN)
+            sb_credit_clear(in->args.credit);
         if (p[0].revents & ZMQ_POLLIN) {
             int cmd;
             if (sb_actor_cmd_recv(self, &cmd) == SB_OK) {

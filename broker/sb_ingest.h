@@ -8,6 +8,9 @@
  * publisher's send waits (or says "try again"). It never stops sending
  * replies, which arrive on three links (from the sequencer, the log store
  * and the publisher): those stages can therefore never wait on the ingest.
+ * The same happens when the memory budget's credit for requests in flight
+ * is used up (sb_credit): the socket is not read until freed requests
+ * give their bytes back, while replies keep flowing.
  * While the log store says the disk refuses writes (`storage_full`), every
  * publish is answered ERR_STORAGE_FULL at once, and nothing else changes. */
 #ifndef SB_INGEST_H
@@ -51,6 +54,17 @@ typedef struct {
     /* The broker's CURVE secret key (Z85); NULL: no CURVE. Read only
      * while the socket is set up, before sb_ingest_new returns. */
     const char *curve_secret;
+    /* The memory budget's byte credit for requests in flight (NULL: no
+     * bound but the links'). Every accepted request is charged its
+     * allocation until freed; with the credit used up the socket is not
+     * read, exactly as with a full link. */
+    sb_credit *credit;
+    /* ZeroMQ sizing from the budget (0: `hwm` and twice
+     * limits.max_message_bytes): messages per publisher pipe each way,
+     * and the largest frame accepted. */
+    int rcvhwm;
+    int sndhwm;
+    int64_t maxmsgsize;
 } sb_ingest_args;
 
 typedef struct sb_ingest sb_ingest;

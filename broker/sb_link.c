@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -241,4 +242,111 @@ sb_link_stats_get(sb_link *self, sb_link_stats *st)
     if (self->full_since_ns != 0)
         st->wait_ns += sb_clock_mono_ns() - self->full_since_ns;
     pthread_mutex_unlock(&self->lock);
+}
+
+/* ---- byte credit ---------------------------------------------------------- */
+
+struct sb_credit {
+    uint64_t limit;
+    _Atomic uint64_t used;
+    _Atomic uint64_t high;
+    _Atomic uint64_t waits;
+    _Atomic uint64_t wait_ns;
+    uint64_t waiting_since_ns; /* the waiter's own: 0 while it has room */
+    int fd;                    /* eventfd: written when a give crosses */
+};
+
+sb_err
+sb_credit_new(sb_credit **out, uint64_t limit)
+{
+    sb_credit *c;
+
+    if (limit == 0)
+        return SB_EINVAL;
+    if ((c = calloc(1, sizeof *c)) == NULL)
+        return SB_ENOMEM;
+    if ((c->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        free(c);
+        return SB_ESYS;
+    }
+    c->limit = limit;
+    *out = c;
+    return SB_OK;
+}
+
+void
+sb_credit_destroy(sb_credit **cp)
+{
+    sb_credit *c = *cp;
+
+    if (c == NULL)
+        return;
+    close(c->fd);
+    free(c);
+    *cp = NULL;
+}
+
+void
+sb_credit_take(sb_credit *c, uint64_t bytes)
+{
+    uint64_t now = atomic_fetch_add(&c->used, bytes) + bytes;
+    uint64_t high = atomic_load_explicit(&c->high, memory_order_relaxed);
+
+    while (now > high && !atomic_compare_exchange_weak(&c->high, &high, now))
+        ;
+}
+
+void
+sb_credit_give(sb_credit *c, uint64_t bytes)
+{
+    uint64_t before = atomic_fetch_sub(&c->used, bytes);
+
+    /* Only the step that brings the use under the limit wakes the waiter:
+     * every way from "no room" to "room" passes through exactly such a
+     * step, so a waiter that saw no room cannot miss its wake-up. */
+    if (before >= c->limit && before - bytes < c->limit)
+        s_fd_set(c->fd);
+}
+
+int
+sb_credit_room(sb_credit *c)
+{
+    int room = atomic_load(&c->used) < c->limit;
+
+    if (!room && c->waiting_since_ns == 0) {
+        c->waiting_since_ns = sb_clock_mono_ns();
+        atomic_fetch_add(&c->waits, 1);
+    } else if (room && c->waiting_since_ns != 0) {
+        atomic_fetch_add(&c->wait_ns, sb_clock_mono_ns() - c->waiting_since_ns);
+        c->waiting_since_ns = 0;
+    }
+    return room;
+}
+
+int
+sb_credit_fd(const sb_credit *c)
+{
+    return c->fd;
+}
+
+void
+sb_credit_clear(sb_credit *c)
+{
+    s_fd_clear(c->fd);
+}
+
+uint64_t
+sb_credit_used(sb_credit *c)
+{
+    return atomic_load(&c->used);
+}
+
+void
+sb_credit_stats_get(sb_credit *c, sb_credit_stats *st)
+{
+    st->limit = c->limit;
+    st->used = atomic_load(&c->used);
+    st->high = atomic_load(&c->high);
+    st->waits = atomic_load(&c->waits);
+    st->wait_ns = atomic_load(&c->wait_ns);
 }

@@ -52,4 +52,42 @@ void sb_link_stats_get(sb_link *link, sb_link_stats *st);
 void sb_link_set_hold(sb_link *link, int on);
 const char *sb_link_name(const sb_link *link);
 
+/* ---- byte credit ---------------------------------------------------------
+ *
+ * The links bound items; a credit bounds the bytes behind them. One credit
+ * is shared along the pipeline: the stage that admits work takes the
+ * bytes it allocated (sb_credit_take), whichever thread frees that memory
+ * gives them back (sb_credit_give). The admitting stage asks
+ * sb_credit_room() before it admits more; with no room it stops reading
+ * its input and waits on sb_credit_fd(), which becomes readable when a
+ * give brings the use back under the limit (then it calls
+ * sb_credit_clear() and asks again). Nothing is refused or dropped: a take
+ * always succeeds, so the use can pass the limit by what one admission
+ * takes (the caller's bound on one item); the limit only stops the next.
+ *
+ * Take and give are lock-free atomics, callable from any thread; the fd is
+ * written only when a give crosses the limit downwards, so a busy pipeline
+ * under its limit costs no system call. One waiter at a time. */
+typedef struct sb_credit sb_credit;
+
+typedef struct {
+    uint64_t limit;   /* bytes */
+    uint64_t used;    /* bytes taken and not given back */
+    uint64_t high;    /* highest use seen */
+    uint64_t waits;   /* times the admitting stage found no room */
+    uint64_t wait_ns; /* time it spent without room */
+} sb_credit_stats;
+
+sb_err sb_credit_new(sb_credit **out, uint64_t limit);
+void sb_credit_destroy(sb_credit **cp);
+void sb_credit_take(sb_credit *c, uint64_t bytes);
+void sb_credit_give(sb_credit *c, uint64_t bytes);
+/* 1 while the use is under the limit. The first 0 after a 1 is counted
+ * as a wait (and times it, until the next 1). Call from the waiter only. */
+int sb_credit_room(sb_credit *c);
+int sb_credit_fd(const sb_credit *c);
+void sb_credit_clear(sb_credit *c);
+uint64_t sb_credit_used(sb_credit *c);
+void sb_credit_stats_get(sb_credit *c, sb_credit_stats *st);
+
 #endif

@@ -73,3 +73,11 @@ sb_log_write(sb_log_level lvl, const char *event, const char *fmt, ...)
         fprintf(stderr, "%s\n", line);
     pthread_mutex_unlock(&s_lock);
 }
+
+void
+sb_log_discard(sb_log_level lvl, const char *line, void *ctx)
+{
+    (void)lvl;
+    (void)line;
+    (void)ctx;
+}

@@ -18,6 +18,9 @@ extern int sb_log_max_level;
 void sb_log_set_level(sb_log_level lvl);
 /* NULL restores the default sink, stderr. */
 void sb_log_set_sink(sb_log_sink sink, void *ctx);
+/* A sink that drops every line (after it was formatted): for tests and
+ * fuzzers that provoke errors on purpose. */
+void sb_log_discard(sb_log_level lvl, const char *line, void *ctx);
 /* Parses "err|warn|notice|info|debug"; -1 if unknown. */
 int sb_log_level_parse(const char *s);
 

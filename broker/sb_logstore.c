@@ -103,7 +103,7 @@ s_item_free(sb_item it)
         sb_batch *b = it.ptr;
         sb_batch_destroy(&b);
     } else if (it.kind == SB_ITEM_REPLY) {
-        free(it.ptr);
+        sb_reply_free(it.ptr);
     }
 }
 
@@ -130,6 +130,7 @@ struct sb_logstore {
     atomic_int full;
     s_fifo held, hbatches, fwd, bsync, bfwd, acks, ackout;
     int blocked[3]; /* outbox full: counted once per episode */
+    uint64_t held_bytes; /* mem_bytes of the requests in `held` */
     uint64_t unsynced_events;
     int in_eof;    /* EOF read from `in` */
     int reply_eof; /* 1: written, waits for its acks; 2: queued */
@@ -265,6 +266,19 @@ s_add_batch(sb_logstore *a, sb_batch *b)
                sb_strerror(rc));
 }
 
+/* May `in` be read? Not while an outbox it fills is full, nor past the
+ * held bounds. The byte bound holds only while the store takes writes:
+ * while it refuses, everything in flight is held (by count), so that the
+ * pipeline never parks and the ingest goes on answering ERR_STORAGE_FULL. */
+static int
+s_may_read_in(const sb_logstore *a)
+{
+    return !a->in_eof && a->fwd.n == 0 && a->ackout.n == 0 &&
+           a->held.n < a->args.max_held && a->rebatch_pos == a->nrebatch &&
+           (a->args.max_held_bytes == 0 || a->refusing ||
+            a->held_bytes < a->args.max_held_bytes);
+}
+
 /* Reads up to S_GROUP items from each input whose outbox is free. */
 static int
 s_read_inputs(sb_logstore *a)
@@ -273,15 +287,14 @@ s_read_inputs(sb_logstore *a)
     int moved = 0;
 
     for (int i = 0;
-         i < S_GROUP && !a->in_eof && a->fwd.n == 0 && a->ackout.n == 0 &&
-         a->held.n < a->args.max_held && a->rebatch_pos == a->nrebatch &&
-         sb_link_recv(a->args.in, &it) == SB_OK;
+         i < S_GROUP && s_may_read_in(a) && sb_link_recv(a->args.in, &it) == SB_OK;
          i++) {
         moved = 1;
         if (it.kind == SB_ITEM_EOF) {
             a->in_eof = 1;
         } else if (it.kind == SB_ITEM_REQ) {
             s_add_req(a, it.ptr);
+            a->held_bytes += ((sb_req *) it.ptr)->mem_bytes;
         } else {
             SB_LOG(SB_LOG_ERR, "logstore.bad_item", "kind=%u", it.kind);
             continue;
@@ -320,6 +333,7 @@ s_written(sb_logstore *a)
             continue;
         }
         sb_req *req = it.ptr;
+        a->held_bytes -= req->mem_bytes;
         atomic_fetch_add(&a->st.events, req->naccepted);
         a->unsynced_events += req->naccepted;
         if (req->ack == SB_ACK_DURABLE) {
@@ -536,9 +550,7 @@ s_run(sb_actor *self, void *arg)
         if (moved)
             continue;
 
-        int read_in = !a->in_eof && a->fwd.n == 0 && a->ackout.n == 0 &&
-                      a->held.n < a->args.max_held &&
-                      a->rebatch_pos == a->nrebatch;
+        int read_in = s_may_read_in(a);
         int read_b =
             !a->batch_eof && a->bfwd.n == 0 && a->hbatches.n < a->args.max_held;
         struct pollfd p[6] = {

@@ -76,6 +76,11 @@ typedef struct {
     sb_sync_policy sync;
     uint32_t sync_interval_ms;
     uint32_t max_held; /* requests held while the store refuses */
+    /* Request bytes (mem_bytes) encoded into the store's buffer and not
+     * yet written, at most, while the store takes writes: the write group
+     * and so the buffer stay this size whatever the burst (the memory
+     * budget's log_buffer term). 0: only max_held bounds it. */
+    uint64_t max_held_bytes;
     sb_clock clock;
     sb_link *in;        /* sequencer →: SB_ITEM_REQ, SB_ITEM_EOF */
     sb_link *out;       /* → router: SB_ITEM_REQ, SB_ITEM_EOF */

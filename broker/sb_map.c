@@ -62,7 +62,7 @@ sb_map_new(sb_map **out, size_t initial)
 void
 sb_map_destroy(sb_map **mapp)
 {
-    if (*mapp == NULL)
+    if (mapp == NULL || *mapp == NULL)
         return;
     free((*mapp)->slots);
     free(*mapp);
@@ -117,9 +117,13 @@ s_grow(sb_map *m)
 sb_err
 sb_map_put(sb_map *m, const void *key, size_t len, void *value)
 {
-    uint64_t h = sb_hash(key, len);
-    size_t i = s_find(m, key, len, h);
+    uint64_t h;
+    size_t i;
 
+    if (value == NULL)
+        return SB_EINVAL; /* NULL marks an empty slot */
+    h = sb_hash(key, len);
+    i = s_find(m, key, len, h);
     if (m->slots[i].value == NULL) {
         /* Keep the load under 1/2 so probes stay short. */
         if ((m->size + 1) * 2 > m->mask + 1) {

@@ -15,10 +15,12 @@
 typedef struct sb_map sb_map;
 
 sb_err sb_map_new(sb_map **out, size_t initial);
+/* Frees the map, not the values; NULL-safe, sets *mapp to NULL. */
 void sb_map_destroy(sb_map **mapp);
 
 void *sb_map_get(const sb_map *m, const void *key, size_t len);
-/* Inserts or replaces. SB_ENOMEM leaves the map as it was. */
+/* Inserts or replaces. SB_ENOMEM leaves the map as it was; SB_EINVAL
+ * for a NULL value (NULL is what get returns for "absent"). */
 sb_err sb_map_put(sb_map *m, const void *key, size_t len, void *value);
 /* Returns the removed value, or NULL. */
 void *sb_map_del(sb_map *m, const void *key, size_t len);

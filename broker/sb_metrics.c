@@ -362,6 +362,70 @@ s_render_auth(s_buf *b, const sb_auth_stats *a)
              S_LOAD(a->reload_failures));
 }
 
+/* The memory budget: its plan's terms and what each measurable part holds
+ * now (docs/ARCHITECTURE.md, "Memory budget"). */
+static void
+s_render_memory(s_buf *b, const sb_metrics_sources *src)
+{
+    const sb_budget_plan *p = src->budget;
+    const char *name;
+    uint64_t v;
+
+    s_metric(b, "snapbus_memory_budget_bytes", "gauge",
+             "broker.memory_budget: bytes held for work in flight, at most.",
+             p->budget);
+    s_head(b, "snapbus_memory_term_bytes", "gauge",
+           "The budget's formula: each part's bound, bytes.");
+    for (size_t i = 0; (name = sb_budget_term(p, i, &v, NULL)) != NULL; i++)
+        s_put(b, "snapbus_memory_term_bytes{part=\"%s\"} %llu\n", name,
+              (unsigned long long) v);
+    s_put(b, "snapbus_memory_term_bytes{part=\"requests\"} %llu\n",
+          (unsigned long long) p->requests);
+    s_put(b, "snapbus_memory_term_bytes{part=\"replies\"} %llu\n",
+          (unsigned long long) p->replies);
+    s_head(b, "snapbus_memory_used_bytes", "gauge",
+           "Bytes each measured part holds now.");
+    if (src->credit != NULL) {
+        sb_credit_stats cs;
+        sb_credit_stats_get(src->credit, &cs);
+        s_put(b, "snapbus_memory_used_bytes{part=\"requests\"} %llu\n",
+              (unsigned long long) cs.used);
+    }
+    if (src->fanout != NULL) {
+        uint64_t all = S_LOAD(src->fanout->blob_bytes);
+        uint64_t ring = S_LOAD(src->fanout->retained_bytes);
+        s_put(b, "snapbus_memory_used_bytes{part=\"ring\"} %llu\n",
+              (unsigned long long) ring);
+        s_put(b, "snapbus_memory_used_bytes{part=\"outgoing\"} %llu\n",
+              (unsigned long long) (all > ring ? all - ring : 0));
+    }
+    if (src->dedup != NULL)
+        s_put(b, "snapbus_memory_used_bytes{part=\"dedup\"} %llu\n",
+              (unsigned long long) S_LOAD(src->dedup->mem_bytes));
+    if (src->credit != NULL) {
+        sb_credit_stats cs;
+        sb_credit_stats_get(src->credit, &cs);
+        s_metric(b, "snapbus_memory_requests_high_bytes", "gauge",
+                 "Highest bytes requests in flight held.", cs.high);
+        s_metric(b, "snapbus_memory_waits_total", "counter",
+                 "Times the ingest stopped reading: requests in flight held "
+                 "their whole credit.", cs.waits);
+        s_head(b, "snapbus_memory_wait_seconds_total", "counter",
+               "Time the ingest spent not reading for want of credit.");
+        s_put(b, "snapbus_memory_wait_seconds_total %.6f\n",
+              (double) cs.wait_ns / 1e9);
+    }
+    if (src->fanout != NULL) {
+        s_metric(b, "snapbus_pub_skipped_total", "counter",
+                 "Batches not sent live because ZeroMQ held the outgoing "
+                 "share; subscribers fetch them.",
+                 S_LOAD(src->fanout->pub_skipped));
+        s_metric(b, "snapbus_fetch_shortened_total", "counter",
+                 "Fetch pages cut to one batch because ZeroMQ held the "
+                 "outgoing share.", S_LOAD(src->fanout->fetch_shortened));
+    }
+}
+
 /* One family per field, each with a sample per queue, as the format asks
  * (a family's samples must be together). */
 static void
@@ -435,6 +499,8 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
         s_render_dedup(b, src->dedup);
     if (src->nlinks > 0)
         s_render_links(b, src->links, src->nlinks);
+    if (src->budget != NULL)
+        s_render_memory(b, src);
 }
 
 sb_err

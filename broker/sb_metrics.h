@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "sb_auth.h"
+#include "sb_budget.h"
 #include "sb_dedup.h"
 #include "sb_err.h"
 #include "sb_fanout.h"
@@ -53,6 +54,10 @@ typedef struct {
     const sb_logstore_stats *log; /* the on-disk log (docs/STORAGE.md) */
     const sb_auth_stats *auth;    /* CURVE (docs/SECURITY.md); NULL: off */
     const sb_dedup_stats *dedup;  /* the sequencer's index (PUBLISHING.md) */
+    /* The memory budget (docs/ARCHITECTURE.md): its plan, copied, and the
+     * credit of requests in flight. Both NULL: left out. */
+    const sb_budget_plan *budget;
+    sb_credit *credit;
 } sb_metrics_sources;
 
 /* Renders every metric of src as Prometheus text into a malloc'd,

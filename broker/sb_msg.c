@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_link.h"
+
 sb_err
 sb_req_new(sb_req **out, uint32_t nevents, size_t data_bytes, uint8_t **data)
 {
@@ -32,8 +34,20 @@ sb_req_ref(sb_req *req)
 void
 sb_req_unref(sb_req *req)
 {
-    if (atomic_fetch_sub_explicit(&req->refs, 1, memory_order_acq_rel) == 1)
+    if (atomic_fetch_sub_explicit(&req->refs, 1, memory_order_acq_rel) == 1) {
+        if (req->credit != NULL)
+            sb_credit_give(req->credit, req->charged);
         free(req);
+    }
+}
+
+void
+sb_req_charge(sb_req *req, struct sb_credit *credit, size_t bytes)
+{
+    req->credit = credit;
+    req->charged = bytes;
+    if (credit != NULL)
+        sb_credit_take(credit, bytes);
 }
 
 sb_err
@@ -53,7 +67,10 @@ sb_err
 sb_batch_push(sb_batch *b, sb_event *ev)
 {
     if (b->n == b->cap) {
-        uint32_t cap = b->cap ? b->cap * 2 : 16;
+        /* Small first: with batching delay 0 most batches hold one or two
+         * events, and the memory budget charges every event for its share
+         * of the array (sb_budget.h). */
+        uint32_t cap = b->cap ? b->cap * 2 : 4;
         sb_event **ev2 = realloc(b->ev, cap * sizeof *ev2);
         if (ev2 == NULL)
             return SB_ENOMEM;
@@ -83,10 +100,15 @@ sb_batch_destroy(sb_batch **bp)
 sb_err
 sb_reply_from_req(sb_reply **out, const sb_req *req)
 {
-    sb_reply *rp = malloc(sizeof *rp + (size_t) req->nevents * sizeof(sb_result));
+    size_t mem = sizeof(sb_reply) + (size_t) req->nevents * sizeof(sb_result);
+    sb_reply *rp = malloc(mem);
 
     if (rp == NULL)
         return SB_ENOMEM;
+    rp->credit = req->credit;
+    rp->mem_bytes = mem;
+    if (rp->credit != NULL)
+        sb_credit_take(rp->credit, mem);
     rp->request_id = req->request_id;
     rp->ack = req->ack;
     rp->delimiter = req->delimiter;
@@ -104,4 +126,14 @@ sb_reply_from_req(sb_reply **out, const sb_req *req)
     }
     *out = rp;
     return SB_OK;
+}
+
+void
+sb_reply_free(sb_reply *rp)
+{
+    if (rp == NULL)
+        return;
+    if (rp->credit != NULL)
+        sb_credit_give(rp->credit, rp->mem_bytes);
+    free(rp);
 }

@@ -13,6 +13,7 @@
 #define SB_PEER_MAX 255 /* ZeroMQ routing ids are at most 255 bytes */
 
 struct sb_req;
+struct sb_credit; /* sb_link.h: the memory budget's byte credit */
 
 typedef struct sb_event {
     struct sb_req *req; /* owner of the bytes below */
@@ -52,6 +53,10 @@ typedef struct sb_req {
     uint32_t nevents;
     uint32_t naccepted;
     size_t mem_bytes;
+    /* The credit `charged` bytes were taken from (sb_req_charge), given
+     * back when the last reference goes; NULL: not charged. */
+    struct sb_credit *credit;
+    size_t charged;
     uint8_t ack;
     uint8_t delimiter; /* the request came behind an empty frame (REQ peer) */
     uint8_t replied;   /* the ingest answered it at once (ACK_NONE refusal):
@@ -67,8 +72,12 @@ typedef struct sb_req {
 sb_err sb_req_new(sb_req **out, uint32_t nevents, size_t data_bytes,
                   uint8_t **data);
 void sb_req_ref(sb_req *req);
-/* Drops one reference; frees at zero. */
+/* Drops one reference; frees at zero (giving its credit back). */
 void sb_req_unref(sb_req *req);
+/* Takes bytes (its mem_bytes and what its events will cost downstream)
+ * from credit for the life of the request: once, by the stage that admits
+ * it. */
+void sb_req_charge(sb_req *req, struct sb_credit *credit, size_t bytes);
 
 /* The size an event counts for against batch byte limits: its bytes on
  * the wire, near enough. */
@@ -137,6 +146,8 @@ typedef struct {
 
 /* A reply for the ingest to send back to a publisher. */
 typedef struct sb_reply {
+    struct sb_credit *credit; /* its request's, charged with its size */
+    size_t mem_bytes;
     uint64_t request_id;
     uint8_t ack;
     uint8_t delimiter;
@@ -146,8 +157,11 @@ typedef struct sb_reply {
     sb_result r[];
 } sb_reply;
 
-/* Copies the request's envelope and per-event outcome. */
+/* Copies the request's envelope and per-event outcome. A reply outlives
+ * its request, so it is charged to the request's credit too. */
 sb_err sb_reply_from_req(sb_reply **out, const sb_req *req);
+/* Frees (NULL: nothing) and gives its credit back. */
+void sb_reply_free(sb_reply *rp);
 
 /* What a data link carries. */
 typedef enum {

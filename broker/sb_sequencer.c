@@ -197,7 +197,7 @@ s_drop_slot(sb_item *slot)
     if (slot->kind == SB_ITEM_REQ)
         sb_req_unref(slot->ptr);
     else if (slot->kind == SB_ITEM_REPLY)
-        free(slot->ptr);
+        sb_reply_free(slot->ptr);
     slot->kind = 0;
 }
 

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_pbwire.h"
 #include "sb_utf8.h"
-#include "sb_varint.h"
 #include "snapbus.pb-c.h"
 
 void
@@ -38,67 +38,7 @@ sb_wire_err_of(sb_err e)
     }
 }
 
-/* ---- protobuf reading -------------------------------------------------- */
-
-typedef struct {
-    const uint8_t *p;
-    const uint8_t *end;
-} s_rd;
-
-enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
-
-static int
-s_varint(s_rd *r, uint64_t *v)
-{
-    return sb_varint_get(&r->p, r->end, v);
-}
-
-/* One field: its number, wire type, and either a value or a slice. */
-typedef struct {
-    uint32_t num;
-    uint32_t wt;
-    uint64_t v;
-    const uint8_t *ptr;
-    size_t len;
-} s_field;
-
-/* 1: got a field, 0: end of input, -1: malformed. */
-static int
-s_next(s_rd *r, s_field *f)
-{
-    uint64_t key;
-
-    if (r->p == r->end)
-        return 0;
-    if (s_varint(r, &key) < 0 || (key >> 3) == 0 || (key >> 3) > 536870911u)
-        return -1;
-    f->num = (uint32_t) (key >> 3);
-    f->wt = (uint32_t) (key & 7);
-    switch (f->wt) {
-    case WT_VARINT:
-        return s_varint(r, &f->v) < 0 ? -1 : 1;
-    case WT_I64:
-        if (r->end - r->p < 8)
-            return -1;
-        memcpy(&f->v, r->p, 8);
-        r->p += 8;
-        return 1;
-    case WT_I32:
-        if (r->end - r->p < 4)
-            return -1;
-        r->p += 4;
-        return 1;
-    case WT_LEN:
-        if (s_varint(r, &f->v) < 0 || f->v > (uint64_t) (r->end - r->p))
-            return -1;
-        f->ptr = r->p;
-        f->len = (size_t) f->v;
-        r->p += f->len;
-        return 1;
-    default: /* groups are not part of this protocol */
-        return -1;
-    }
-}
+/* ---- protobuf reading (common/sb_pbwire.h) ------------------------------ */
 
 size_t
 sb_wire_name_bad_at(const char *s, size_t n)
@@ -112,32 +52,32 @@ sb_wire_name_ok(const char *s, size_t n)
     return sb_wire_name_bad_at(s, n) == SIZE_MAX;
 }
 
-/* Field numbers of Event that are strings or bytes, and what they hold. */
-enum {
-    EV_AGG = 1, EV_TYPE = 2, EV_PAYLOAD = 3, EV_EVENT_ID = 4,
-    EV_SOURCE_POS = 5, EV_CAUSED_BY = 6, EV_PRODUCER_ID = 7,
-    EV_PRODUCER_SEQ = 8, EV_CLIENT_TS = 9, EV_HAS_SOURCE_POS = 10
-};
+/* Fields of Event this broker knows: 1 to the last one. */
+#define S_EV_LAST_FIELD SB_PB_EVENT_HAS_SOURCE_POS
 
+/* The Event fields that are strings or bytes. */
 static int
 s_ev_is_len(uint32_t num)
 {
-    return num == EV_AGG || num == EV_TYPE || num == EV_PAYLOAD ||
-           num == EV_EVENT_ID || num == EV_PRODUCER_ID;
+    return num == SB_PB_EVENT_AGGREGATE || num == SB_PB_EVENT_TYPE ||
+           num == SB_PB_EVENT_PAYLOAD || num == SB_PB_EVENT_EVENT_ID ||
+           num == SB_PB_EVENT_PRODUCER_ID;
 }
 
 /* First pass over one Event: bytes it needs (strings get a NUL). */
 static int
 s_event_size(const uint8_t *p, size_t n, size_t *bytes)
 {
-    s_rd r = {p, p + n};
-    s_field f = {0};
+    sb_pb_reader r;
+    sb_pb_field f = {0};
+
+    sb_pb_reader_init(&r, p, n);
     int rc;
 
-    while ((rc = s_next(&r, &f)) == 1) {
-        if (f.num <= EV_HAS_SOURCE_POS && (f.wt == WT_LEN) != s_ev_is_len(f.num))
+    while ((rc = sb_pb_next(&r, &f)) == 1) {
+        if (f.num <= S_EV_LAST_FIELD && (f.wt == SB_PB_LEN) != s_ev_is_len(f.num))
             return -1;
-        if (f.wt == WT_LEN && s_ev_is_len(f.num))
+        if (f.wt == SB_PB_LEN && s_ev_is_len(f.num))
             *bytes += f.len + 1;
     }
     return rc;
@@ -184,30 +124,32 @@ static void
 s_event_fill(sb_event *ev, const uint8_t *p, size_t n, uint8_t **data,
              const sb_limits *lim)
 {
-    s_rd r = {p, p + n};
-    s_field f = {0};
+    sb_pb_reader r;
+    sb_pb_field f = {0};
 
-    while (s_next(&r, &f) == 1) {
-        if (f.wt == WT_LEN && s_ev_is_len(f.num)) {
+    sb_pb_reader_init(&r, p, n);
+
+    while (sb_pb_next(&r, &f) == 1) {
+        if (f.wt == SB_PB_LEN && s_ev_is_len(f.num)) {
             uint8_t *d = *data;
             memcpy(d, f.ptr, f.len);
             d[f.len] = 0;
             *data += f.len + 1;
             uint32_t len = f.len > UINT32_MAX ? UINT32_MAX : (uint32_t) f.len;
             switch (f.num) {
-            case EV_AGG: ev->agg = (char *) d, ev->agg_len = len; break;
-            case EV_TYPE: ev->type = (char *) d, ev->type_len = len; break;
-            case EV_PAYLOAD: ev->payload = d, ev->payload_len = len; break;
-            case EV_EVENT_ID: ev->event_id = (char *) d, ev->event_id_len = len; break;
-            case EV_PRODUCER_ID: ev->producer_id = (char *) d, ev->producer_id_len = len; break;
+            case SB_PB_EVENT_AGGREGATE: ev->agg = (char *) d, ev->agg_len = len; break;
+            case SB_PB_EVENT_TYPE: ev->type = (char *) d, ev->type_len = len; break;
+            case SB_PB_EVENT_PAYLOAD: ev->payload = d, ev->payload_len = len; break;
+            case SB_PB_EVENT_EVENT_ID: ev->event_id = (char *) d, ev->event_id_len = len; break;
+            case SB_PB_EVENT_PRODUCER_ID: ev->producer_id = (char *) d, ev->producer_id_len = len; break;
             }
-        } else if (f.wt == WT_VARINT) {
+        } else if (f.wt == SB_PB_VARINT) {
             switch (f.num) {
-            case EV_SOURCE_POS: ev->source_pos = f.v; break;
-            case EV_CAUSED_BY: ev->caused_by = f.v; break;
-            case EV_PRODUCER_SEQ: ev->producer_seq = f.v; break;
-            case EV_CLIENT_TS: ev->client_ts_ms = f.v; break;
-            case EV_HAS_SOURCE_POS: ev->has_source_pos = f.v != 0; break;
+            case SB_PB_EVENT_SOURCE_POS: ev->source_pos = f.v; break;
+            case SB_PB_EVENT_CAUSED_BY: ev->caused_by = f.v; break;
+            case SB_PB_EVENT_PRODUCER_SEQ: ev->producer_seq = f.v; break;
+            case SB_PB_EVENT_CLIENT_TS_MS: ev->client_ts_ms = f.v; break;
+            case SB_PB_EVENT_HAS_SOURCE_POS: ev->has_source_pos = f.v != 0; break;
             }
         }
     }
@@ -247,21 +189,24 @@ static sb_err
 s_decode_publish(const uint8_t *p, size_t n, const sb_limits *lim,
                  sb_wire_request *out)
 {
-    s_rd r = {p, p + n};
-    s_field f = {0};
+    sb_pb_reader r;
+    sb_pb_field f = {0};
+
+    sb_pb_reader_init(&r, p, n);
     uint64_t ack = 0, nev = 0;
     size_t bytes = 0;
     int rc;
     sb_req *req;
     uint8_t *data;
 
-    while ((rc = s_next(&r, &f)) == 1) {
-        if (f.num == 1) {
-            if (f.wt != WT_VARINT)
+    sb_pb_reader_init(&r, p, n);
+    while ((rc = sb_pb_next(&r, &f)) == 1) {
+        if (f.num == SB_PB_PUBLISH_ACK) {
+            if (f.wt != SB_PB_VARINT)
                 return s_refuse(out, SB_WERR_INVALID, "publish.ack has the wrong wire type"), SB_OK;
             ack = f.v;
-        } else if (f.num == 2) {
-            if (f.wt != WT_LEN)
+        } else if (f.num == SB_PB_PUBLISH_EVENTS) {
+            if (f.wt != SB_PB_LEN)
                 return s_refuse(out, SB_WERR_INVALID, "publish.events has the wrong wire type"), SB_OK;
             if (++nev > lim->max_events_per_request)
                 return s_refuse(out, SB_WERR_TOO_LARGE, "too many events in one request"), SB_OK;
@@ -280,10 +225,10 @@ s_decode_publish(const uint8_t *p, size_t n, const sb_limits *lim,
         return SB_ENOMEM;
     req->request_id = out->request_id;
     req->ack = (uint8_t) ack;
-    r = (s_rd){p, p + n};
+    sb_pb_reader_init(&r, p, n);
     uint32_t i = 0;
-    while (s_next(&r, &f) == 1)
-        if (f.num == 2)
+    while (sb_pb_next(&r, &f) == 1)
+        if (f.num == SB_PB_PUBLISH_EVENTS)
             s_event_fill(&req->ev[i++], f.ptr, f.len, &data, lim);
     for (i = 0; i < req->nevents; i++)
         req->naccepted += req->ev[i].status == SB_OK;
@@ -334,8 +279,8 @@ sb_err
 sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
                        sb_wire_request *out)
 {
-    s_rd r = {buf, (const uint8_t *) buf + len};
-    s_field f = {0}, body = {0};
+    sb_pb_reader r;
+    sb_pb_field f = {0}, body = {0};
     uint64_t version = 0;
     int rc;
 
@@ -349,14 +294,18 @@ sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
         return SB_OK;
     }
     /* Version and request id first, so even a refusal can be matched. */
-    while ((rc = s_next(&r, &f)) == 1) {
-        if (f.num == 1 && f.wt == WT_VARINT)
+    sb_pb_reader_init(&r, buf, len);
+    while ((rc = sb_pb_next(&r, &f)) == 1) {
+        int is_body = f.num == SB_PB_REQUEST_HELLO ||
+                      f.num == SB_PB_REQUEST_PUBLISH ||
+                      f.num == SB_PB_REQUEST_FETCH;
+        if (f.num == SB_PB_REQUEST_VERSION && f.wt == SB_PB_VARINT)
             version = f.v;
-        else if (f.num == 2 && f.wt == WT_VARINT)
+        else if (f.num == SB_PB_REQUEST_REQUEST_ID && f.wt == SB_PB_VARINT)
             out->request_id = f.v;
-        else if (f.num >= 3 && f.num <= 5 && f.wt == WT_LEN)
+        else if (is_body && f.wt == SB_PB_LEN)
             body = f;
-        else if (f.num <= 5)
+        else if (f.num <= SB_PB_REQUEST_FETCH) /* a known field, mistyped */
             rc = -1;
         if (rc < 0)
             break;
@@ -369,7 +318,7 @@ sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
         s_refuse(out, SB_WERR_BAD_VERSION, "unsupported protocol version");
         return SB_OK;
     }
-    if (body.num == 4) {
+    if (body.num == SB_PB_REQUEST_PUBLISH) {
         out->kind = SB_WREQ_PUBLISH;
         return s_decode_publish(body.ptr, body.len, lim, out);
     }
@@ -383,39 +332,6 @@ sb_wire_decode_request(const void *buf, size_t len, const sb_limits *lim,
 
 /* ---- protobuf writing -------------------------------------------------- */
 
-/* Field numbers here are all < 16, so every tag is one byte. */
-static size_t
-s_uint_size(uint64_t v)
-{
-    return v ? 1 + sb_varint_len(v) : 0;
-}
-
-static size_t
-s_len_size(size_t n)
-{
-    return n ? 1 + sb_varint_len(n) + n : 0;
-}
-
-static uint8_t *
-s_put_uint(uint8_t *p, uint32_t num, uint64_t v)
-{
-    if (v == 0)
-        return p;
-    *p++ = (uint8_t) (num << 3 | WT_VARINT);
-    return sb_varint_put(p, v);
-}
-
-static uint8_t *
-s_put_bytes(uint8_t *p, uint32_t num, const void *s, size_t n)
-{
-    if (n == 0)
-        return p;
-    *p++ = (uint8_t) (num << 3 | WT_LEN);
-    p = sb_varint_put(p, n);
-    memcpy(p, s, n);
-    return p + n;
-}
-
 /* The router marks events that joined another aggregate's batch, so the
  * encoder need not compare names per event. */
 static int
@@ -428,14 +344,25 @@ s_foreign(const sb_batch *b, const sb_event *ev)
 static size_t
 s_sev_size(const sb_batch *b, const sb_event *ev)
 {
-    return s_uint_size(ev->seq) + s_uint_size(ev->agg_seq) +
-           (s_foreign(b, ev) ? s_len_size(ev->agg_len) : 0) +
-           s_len_size(ev->type_len) + s_len_size(ev->payload_len) +
-           s_len_size(ev->event_id_len) +
-           s_uint_size(ev->has_source_pos ? ev->source_pos : 0) +
-           s_uint_size(ev->caused_by) + s_len_size(ev->producer_id_len) +
-           s_uint_size(ev->producer_seq) + s_uint_size(ev->client_ts_ms) +
-           s_uint_size(ev->has_source_pos);
+    return sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_SEQ, ev->seq) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_AGGREGATE_SEQ, ev->agg_seq) +
+           (s_foreign(b, ev)
+                ? sb_pb_bytes_size(SB_PB_SEQUENCED_EVENT_AGGREGATE, ev->agg_len)
+                : 0) +
+           sb_pb_bytes_size(SB_PB_SEQUENCED_EVENT_TYPE, ev->type_len) +
+           sb_pb_bytes_size(SB_PB_SEQUENCED_EVENT_PAYLOAD, ev->payload_len) +
+           sb_pb_bytes_size(SB_PB_SEQUENCED_EVENT_EVENT_ID, ev->event_id_len) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_SOURCE_POS,
+                           ev->has_source_pos ? ev->source_pos : 0) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_CAUSED_BY, ev->caused_by) +
+           sb_pb_bytes_size(SB_PB_SEQUENCED_EVENT_PRODUCER_ID,
+                            ev->producer_id_len) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_PRODUCER_SEQ,
+                           ev->producer_seq) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_CLIENT_TS_MS,
+                           ev->client_ts_ms) +
+           sb_pb_uint_size(SB_PB_SEQUENCED_EVENT_HAS_SOURCE_POS,
+                           ev->has_source_pos);
 }
 
 sb_err
@@ -445,52 +372,57 @@ sb_wire_encode_batch(const sb_batch *b, size_t hdr, uint8_t **bufp, size_t *lenp
     uint64_t first = b->n ? b->ev[0]->seq : 0, last = b->n ? b->ev[b->n - 1]->seq : 0;
     uint64_t spos = b->has_source_pos ? b->source_pos : 0;
 
-    n += s_uint_size(SB_WIRE_VERSION) + s_len_size(b->agg_len) +
-         s_uint_size(b->id) + s_uint_size(first) + s_uint_size(last) +
-         s_uint_size(b->agg_last_seq) + s_uint_size(spos) +
-         s_uint_size(b->timestamp_ms) + s_uint_size(b->prev_last_seq) +
-         s_uint_size(b->close_reason) + s_uint_size(b->has_source_pos);
-    for (uint32_t i = 0; i < b->n; i++) {
-        size_t e = s_sev_size(b, b->ev[i]);
-        n += 1 + sb_varint_len(e) + e;
-    }
+    n += sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_VERSION, SB_WIRE_VERSION) +
+         sb_pb_bytes_size(SB_PB_SNAPSHOT_BATCH_AGGREGATE, b->agg_len) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_BATCH_ID, b->id) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_FIRST_SEQ, first) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_LAST_SEQ, last) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_AGGREGATE_LAST_SEQ, b->agg_last_seq) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_SOURCE_POS, spos) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_TIMESTAMP_MS, b->timestamp_ms) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_PREV_LAST_SEQ, b->prev_last_seq) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_CLOSE_REASON, b->close_reason) +
+         sb_pb_uint_size(SB_PB_SNAPSHOT_BATCH_HAS_SOURCE_POS, b->has_source_pos);
+    for (uint32_t i = 0; i < b->n; i++)
+        n += sb_pb_msg_size(SB_PB_SNAPSHOT_BATCH_EVENTS, s_sev_size(b, b->ev[i]));
 
     uint8_t *buf = malloc(hdr + n), *p;
     if (buf == NULL)
         return SB_ENOMEM;
     memset(buf, 0, hdr);
     p = buf + hdr;
-    p = s_put_uint(p, 1, SB_WIRE_VERSION);
-    p = s_put_bytes(p, 2, b->agg, b->agg_len);
-    p = s_put_uint(p, 3, b->id);
-    p = s_put_uint(p, 4, first);
-    p = s_put_uint(p, 5, last);
-    p = s_put_uint(p, 6, b->agg_last_seq);
-    p = s_put_uint(p, 7, spos);
-    p = s_put_uint(p, 8, b->timestamp_ms);
-    p = s_put_uint(p, 9, b->prev_last_seq);
-    p = s_put_uint(p, 10, b->close_reason);
-    /* Field 12 before the events (protobuf allows any order): everything
-     * but the events is then a prefix, the header a headers_only fetch
-     * sends without copying. */
-    p = s_put_uint(p, 12, b->has_source_pos);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_VERSION, SB_WIRE_VERSION);
+    p = sb_pb_put_bytes(p, SB_PB_SNAPSHOT_BATCH_AGGREGATE, b->agg, b->agg_len);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_BATCH_ID, b->id);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_FIRST_SEQ, first);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_LAST_SEQ, last);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_AGGREGATE_LAST_SEQ, b->agg_last_seq);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_SOURCE_POS, spos);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_TIMESTAMP_MS, b->timestamp_ms);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_PREV_LAST_SEQ, b->prev_last_seq);
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_CLOSE_REASON, b->close_reason);
+    /* has_source_pos before the events (protobuf allows any order):
+     * everything but the events is then a prefix, the header a
+     * headers_only fetch sends without copying. */
+    p = sb_pb_put_uint(p, SB_PB_SNAPSHOT_BATCH_HAS_SOURCE_POS, b->has_source_pos);
     for (uint32_t i = 0; i < b->n; i++) {
         const sb_event *ev = b->ev[i];
-        *p++ = (uint8_t) (11 << 3 | WT_LEN);
-        p = sb_varint_put(p, s_sev_size(b, ev));
-        p = s_put_uint(p, 1, ev->seq);
-        p = s_put_uint(p, 2, ev->agg_seq);
+        p = sb_pb_put_msg_head(p, SB_PB_SNAPSHOT_BATCH_EVENTS, s_sev_size(b, ev));
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_SEQ, ev->seq);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_AGGREGATE_SEQ, ev->agg_seq);
         if (s_foreign(b, ev))
-            p = s_put_bytes(p, 3, ev->agg, ev->agg_len);
-        p = s_put_bytes(p, 4, ev->type, ev->type_len);
-        p = s_put_bytes(p, 5, ev->payload, ev->payload_len);
-        p = s_put_bytes(p, 6, ev->event_id, ev->event_id_len);
-        p = s_put_uint(p, 7, ev->has_source_pos ? ev->source_pos : 0);
-        p = s_put_uint(p, 8, ev->caused_by);
-        p = s_put_bytes(p, 9, ev->producer_id, ev->producer_id_len);
-        p = s_put_uint(p, 10, ev->producer_seq);
-        p = s_put_uint(p, 11, ev->client_ts_ms);
-        p = s_put_uint(p, 12, ev->has_source_pos);
+            p = sb_pb_put_bytes(p, SB_PB_SEQUENCED_EVENT_AGGREGATE, ev->agg, ev->agg_len);
+        p = sb_pb_put_bytes(p, SB_PB_SEQUENCED_EVENT_TYPE, ev->type, ev->type_len);
+        p = sb_pb_put_bytes(p, SB_PB_SEQUENCED_EVENT_PAYLOAD, ev->payload, ev->payload_len);
+        p = sb_pb_put_bytes(p, SB_PB_SEQUENCED_EVENT_EVENT_ID, ev->event_id, ev->event_id_len);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_SOURCE_POS,
+                           ev->has_source_pos ? ev->source_pos : 0);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_CAUSED_BY, ev->caused_by);
+        p = sb_pb_put_bytes(p, SB_PB_SEQUENCED_EVENT_PRODUCER_ID, ev->producer_id,
+                            ev->producer_id_len);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_PRODUCER_SEQ, ev->producer_seq);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_CLIENT_TS_MS, ev->client_ts_ms);
+        p = sb_pb_put_uint(p, SB_PB_SEQUENCED_EVENT_HAS_SOURCE_POS, ev->has_source_pos);
     }
     *bufp = buf;
     *lenp = (size_t) (p - buf) - hdr;
@@ -598,13 +530,14 @@ sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
 size_t
 sb_wire_batch_header_len(const uint8_t *p, size_t len)
 {
-    s_rd r = {p, p + len};
-    s_field f;
+    sb_pb_reader r;
+    sb_pb_field f;
     const uint8_t *at = p;
 
-    /* s_next reads one field; stop in front of the first event. */
-    while (s_next(&r, &f) == 1) {
-        if (f.num == 11)
+    /* sb_pb_next reads one field; stop in front of the first event. */
+    sb_pb_reader_init(&r, p, len);
+    while (sb_pb_next(&r, &f) == 1) {
+        if (f.num == SB_PB_SNAPSHOT_BATCH_EVENTS)
             return (size_t) (at - p);
         at = r.p;
     }
@@ -645,7 +578,7 @@ sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
 
 sb_err
 sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err, const char *detail,
-                           const sb_fetch_info_w *f, uint8_t **buf, size_t *len)
+                           const sb_fetch_page *f, uint8_t **buf, size_t *len)
 {
     Snapbus__Reply m = SNAPBUS__REPLY__INIT;
     Snapbus__FetchReply fr = SNAPBUS__FETCH_REPLY__INIT;

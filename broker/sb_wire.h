@@ -14,6 +14,7 @@
 
 #include "sb_err.h"
 #include "sb_msg.h"
+#include "sb_fetch_page.h"
 
 #define SB_WIRE_VERSION 1
 
@@ -107,21 +108,13 @@ sb_err sb_wire_encode_hello_reply_low(uint64_t request_id,
                                       const sb_hello_info *h, uint64_t low_seq,
                                       uint8_t **buf, size_t *len);
 
-typedef struct {
-    uint32_t count;
-    uint64_t last_batch_id;
-    int more;
-    uint64_t retained_first_seq;
-    uint64_t retained_first_batch_id;
-    uint64_t last_seq;
-    uint64_t last_batch_id_published;
-    uint64_t epoch;
-    uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
-} sb_fetch_info_w;
+/* The FetchReply's fields are sb_fetch_page (common/), the struct the
+ * client reads replies into; sb_fetch_info_w is the fan-out's name for it. */
+typedef sb_fetch_page sb_fetch_info_w;
 
 /* err != SB_WERR_NONE: a refusal that still tells where retention is. */
 sb_err sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err,
-                                  const char *detail, const sb_fetch_info_w *f,
+                                  const char *detail, const sb_fetch_page *f,
                                   uint8_t **buf, size_t *len);
 
 /* A SnapshotBatch, with `hdr` bytes of headroom before it so a caller can

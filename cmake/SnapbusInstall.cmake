@@ -31,14 +31,16 @@ install(FILES ${CMAKE_BINARY_DIR}/snapbusConfig.cmake
         DESTINATION ${SB_CMAKE_DIR})
 
 # ---- Debian package ------------------------------------------------------
-# The unit and configuration go to the system's places whatever the prefix
-# (a package installs to /usr). The unit's ExecStart names where this
-# build installs snapbusd; the configuration listens on loopback only.
+# The unit and configuration go to the system's places (/lib/systemd,
+# /etc), the rest under the package's prefix, /usr: the unit's ExecStart
+# names the packaged snapbusd. The configuration listens on loopback only.
+set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(SB_UNIT_IN ${CMAKE_SOURCE_DIR}/deploy/snapbusd.service)
 set(SB_HOST_INI ${CMAKE_SOURCE_DIR}/deploy/snapbus-host.ini)
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${SB_UNIT_IN})
 file(READ ${SB_UNIT_IN} _sb_unit)
-string(REPLACE "/usr/local/bin/snapbusd" "${CMAKE_INSTALL_FULL_BINDIR}/snapbusd"
+string(REPLACE "/usr/local/bin/snapbusd"
+       "${CPACK_PACKAGING_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}/snapbusd"
        _sb_unit "${_sb_unit}")
 file(WRITE ${CMAKE_BINARY_DIR}/deploy/snapbusd.service "${_sb_unit}")
 install(FILES ${CMAKE_BINARY_DIR}/deploy/snapbusd.service
@@ -58,8 +60,12 @@ set(CPACK_PACKAGE_VERSION ${SB_VERSION})
 set(CPACK_PACKAGE_CONTACT "snapbus maintainers <snapbus@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "event-bus broker with snapshot batches, its CLI and C client library")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
-set(CPACK_DEB_COMPONENT_INSTALL OFF)
-set(CPACK_COMPONENTS_ALL Unspecified deploy)
+# One package with both components: the deploy files are left out of a
+# plain `cmake --install` (they go to /etc and /lib/systemd, outside any
+# prefix) and named here, where they belong.
+set(CPACK_INSTALL_CMAKE_PROJECTS
+    "${CMAKE_BINARY_DIR};snapbus;Unspecified;/"
+    "${CMAKE_BINARY_DIR};snapbus;deploy;/")
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA

@@ -3,72 +3,40 @@
 # here, in the layer it belongs to. Tests are found by their names
 # (tests/unit/test_*.c, tests/integration/it_*.c, tests/fuzz/fuzz_*.c).
 
-set(SB_COMMON_SRC
-  ${CMAKE_SOURCE_DIR}/common/sb_err.c
-  ${CMAKE_SOURCE_DIR}/common/sb_keys.c
-  ${CMAKE_SOURCE_DIR}/common/sb_shard.c
-  ${CMAKE_SOURCE_DIR}/common/sb_utf8.c)
+# sb_sources(VAR DIR file...): VAR = the files, as paths under DIR.
+function(sb_sources var dir)
+  set(out)
+  foreach(f ${ARGN})
+    list(APPEND out ${CMAKE_SOURCE_DIR}/${dir}/${f})
+  endforeach()
+  set(${var} ${out} PARENT_SCOPE)
+endfunction()
+
+sb_sources(SB_COMMON_SRC common sb_err.c sb_keys.c sb_shard.c sb_utf8.c)
 
 # Broker services with no broker logic.
-set(SB_BASE_SRC
-  ${CMAKE_SOURCE_DIR}/broker/sb_clock.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_crc32c.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_log.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_map.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_msg.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_os.c)
+sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_link.c sb_log.c
+  sb_map.c sb_msg.c sb_os.c)
 
 # The on-disk log (sb_store.h; sb_store_int.h inside).
-set(SB_STORE_SRC
-  ${CMAKE_SOURCE_DIR}/broker/sb_store_format.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_store_reader.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_store_recovery.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_store_state.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_store_writer.c)
+sb_sources(SB_STORE_SRC broker sb_store_format.c sb_store_reader.c
+  sb_store_recovery.c sb_store_state.c sb_store_writer.c)
 
-set(SB_WIRE_SRC
-  ${CMAKE_SOURCE_DIR}/broker/sb_wire.c)
+sb_sources(SB_WIRE_SRC broker sb_wire.c)
 
 # Actors and the rest of the broker.
-set(SB_CORE_SRC
-  ${CMAKE_SOURCE_DIR}/broker/sb_actor.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_auth.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_config.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_dedup.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_fanout.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_ingest.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_link.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_logstore.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_metrics.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_router.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_sequencer.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_timelock.c
-  ${CMAKE_SOURCE_DIR}/broker/sb_zmq.c)
+sb_sources(SB_CORE_SRC broker sb_actor.c sb_auth.c sb_budget.c sb_config.c
+  sb_dedup.c sb_fanout.c sb_ingest.c sb_logstore.c sb_metrics.c sb_router.c
+  sb_sequencer.c sb_timelock.c sb_zmq.c)
 
 set(SB_BROKER_MAIN ${CMAKE_SOURCE_DIR}/broker/main.c)
 
-set(SB_CLIENT_SRC
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sb_fetch.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sb_publisher.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sb_snapshot.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sb_subscriber.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sbc_curve.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sbc_query.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sbc_sub.c
-  ${CMAKE_SOURCE_DIR}/clients/c/src/sbc_util.c)
+sb_sources(SB_CLIENT_SRC clients/c/src sb_fetch.c sb_publisher.c sb_snapshot.c
+  sb_subscriber.c sbc_curve.c sbc_query.c sbc_sub.c sbc_util.c)
 
-set(SB_CLI_SRC
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_bench.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_keys.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_log.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_pub.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_record.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_replay.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_shard.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_stat.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_sub.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/cli_subscribe.c
-  ${CMAKE_SOURCE_DIR}/clients/cli/main.c)
+sb_sources(SB_CLI_SRC clients/cli cli_bench.c cli_bench_base.c
+  cli_bench_broker.c cli_keys.c cli_log.c cli_pub.c cli_record.c cli_replay.c
+  cli_shard.c cli_stat.c cli_sub.c cli_subscribe.c main.c)
 
 # A .c file in these folders that no list above names would silently go
 # unbuilt (and its tests with it): refuse to configure instead.

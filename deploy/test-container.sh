@@ -12,6 +12,9 @@
 #     deploy/tools/kube-pod.cjs): probes' endpoints, publish and subscribe,
 #     stop with exit code 0, then the pod again on the same claim, which
 #     still holds the log.
+#  6. the Debian package (`cpack -G DEB`): installed with apt-get in a
+#     container of the base image, the broker started from it with the
+#     packaged loopback configuration, publish, subscribe, SIGTERM, exit 0.
 #
 # Needs root (rootful podman). Installs what it needs with apt-get and npm
 # (both idempotent). Leaves nothing behind: a private podman store under a
@@ -166,7 +169,7 @@ echo "base image in $(($(now_ms) - t0)) ms"
 step "build deploy/Containerfile"
 # Only the files the build reads: a local build/ must not bloat the context.
 mkdir -p "$W/ctx"
-cp -r CMakeLists.txt cmake proto include common broker clients tests deploy "$W/ctx/"
+cp -r CMakeLists.txt cmake proto common include broker clients tests deploy "$W/ctx/"
 t0=$(now_ms)
 if "${P[@]}" build -q --pull=never --network host --format docker \
         -t "$IMAGE" -f "$W/ctx/deploy/Containerfile" "$W/ctx" >"$W/build.log" 2>&1; then
@@ -360,6 +363,97 @@ kube_play_checks() {
 
 step "podman kube play deploy/k8s"
 kube_play_checks
+
+# ---- 6. the Debian package ----------------------------------------------
+
+# Builds the .deb on the host, installs it with apt-get in a container of
+# the base image (apt-get resolves libzmq5 and the rest; postinst makes the
+# service user), then starts snapbusd as that user with the packaged
+# /etc/snapbus/snapbus.ini. Host networking, because the packaged
+# configuration binds loopback only; the flags move its ports to free ones.
+deb_test() {
+    step "Debian package: cpack -G DEB, apt-get install in a container"
+    local deb dport_i dport_p dport_q dport_m dingest dpub durl code t0 bdir
+    # The tree's release build when there is one (CI has just made it),
+    # else a build of our own.
+    bdir=$ROOT/build
+    if [ ! -f "$bdir/CPackConfig.cmake" ]; then
+        bdir=$W/deb-build
+        cmake -S "$ROOT" -B "$bdir" -DCMAKE_BUILD_TYPE=Release >"$W/deb.log" 2>&1 || true
+    fi
+    if ! cpack -G DEB --config "$bdir/CPackConfig.cmake" -B "$W/deb-out" \
+            >>"$W/deb.log" 2>&1; then
+        tail -30 "$W/deb.log"
+        bad "cpack -G DEB"
+        return
+    fi
+    deb=$(ls "$W"/deb-out/snapbus_*.deb)
+    ok "package $(basename "$deb"), $(($(stat -c %s "$deb") / 1024)) KiB"
+    dpkg-deb -c "$deb" >"$W/deb.files"
+    check "package holds the unit, the configuration, library, headers, pkg-config" \
+        bash -c "grep -q ' ./lib/systemd/system/snapbusd.service$' '$W/deb.files' &&
+                 grep -q ' ./etc/snapbus/snapbus.ini$' '$W/deb.files' &&
+                 grep -q ' ./usr/lib/libsnapbus.so.1 -> ' '$W/deb.files' &&
+                 grep -q ' ./usr/include/snapbus/snapbus.h$' '$W/deb.files' &&
+                 grep -q ' ./usr/lib/pkgconfig/snapbus.pc$' '$W/deb.files'"
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO ./etc/snapbus/snapbus.ini >"$W/deb.ini"
+    check "packaged configuration: loopback only, no insecure" \
+        bash -c "! grep -Eq '^[^;]*(0\.0\.0\.0|insecure)' '$W/deb.ini' &&
+                 [ \$(grep -Ec '^(ingest|pub|query) = tcp://127\.0\.0\.1:' '$W/deb.ini') = 3 ]"
+    check "packaged unit starts /usr/bin/snapbusd" \
+        bash -c "dpkg-deb --fsys-tarfile '$deb' | tar -xO ./lib/systemd/system/snapbusd.service |
+                 grep -q '^ExecStart=/usr/bin/snapbusd --config /etc/snapbus/snapbus.ini'"
+
+    mkdir -p "$W/deb"
+    cp "$deb" "$W/deb/snapbus.deb"
+    # The state directory is what systemd's StateDirectory= would make.
+    if ! "${P[@]}" run --name snapbus-deb-install --network host \
+            -v "$W/deb:/deb:ro" docker.io/library/debian:bookworm-slim \
+            sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends /deb/snapbus.deb >/dev/null &&
+                   install -d -o snapbus -g snapbus -m 0750 /var/lib/snapbus' \
+            >"$W/deb-install.log" 2>&1; then
+        tail -20 "$W/deb-install.log"
+        bad "apt-get install ./snapbus.deb in a container"
+        return
+    fi
+    ok "apt-get install ./snapbus.deb in a container"
+    "${P[@]}" commit -q snapbus-deb-install localhost/snapbus-deb:test >/dev/null
+    "${P[@]}" rm snapbus-deb-install >/dev/null
+    check "postinst made the service user" \
+        "${P[@]}" run --rm localhost/snapbus-deb:test id snapbus
+
+    dport_i=$(free_port) dport_p=$(free_port) dport_q=$(free_port) dport_m=$(free_port)
+    dingest=tcp://127.0.0.1:$dport_i dpub=tcp://127.0.0.1:$dport_p
+    durl=http://127.0.0.1:$dport_m
+    t0=$(now_ms)
+    "${P[@]}" run -d --name snapbus-deb --network host --user snapbus \
+        localhost/snapbus-deb:test \
+        /usr/bin/snapbusd --config /etc/snapbus/snapbus.ini \
+        --data-dir /var/lib/snapbus --ingest "$dingest" --pub "$dpub" \
+        --query "tcp://127.0.0.1:$dport_q" --metrics "127.0.0.1:$dport_m" \
+        >/dev/null 2>"$W/deb-run.err"
+    if dready_ms=$(wait_ready "$durl" "$t0"); then
+        ok "packaged snapbusd ready ${dready_ms} ms after podman run"
+    else
+        bad "packaged snapbusd ready"
+        cat "$W/deb-run.err"
+        "${P[@]}" logs snapbus-deb 2>&1 | tail -20
+    fi
+    "$CLI" sub --endpoint "$dpub" --prefix deb/ >"$W/sub3.out" 2>&1 &
+    bg_pids+=($!)
+    local dsub_pid=$!
+    sleep 0.5 # the subscription reaches the broker
+    check "packaged broker: publish (ack published)" \
+        "$CLI" pub --endpoint "$dingest" --aggregate deb/1 --ack published x y
+    check "packaged broker: subscriber got the batch" \
+        wait_for "$W/sub3.out" "aggregate=deb/1" 10
+    "${P[@]}" stop -t 60 snapbus-deb >/dev/null 2>>"$W/deb-run.err"
+    code=$("${P[@]}" inspect -f '{{.State.ExitCode}}' snapbus-deb)
+    check "packaged broker: SIGTERM, exit code 0 (was $code)" test "$code" = 0
+    kill "$dsub_pid" 2>/dev/null || true
+    "${P[@]}" rm snapbus-deb >/dev/null 2>&1 || true
+}
+deb_test
 
 # ---- summary ------------------------------------------------------------
 

@@ -1,809 +1,449 @@
-/* snapbus bench: throughput of the whole path on loopback, next to raw
- * ZeroMQ on the same machine, in one process tree.
+/* snapbus bench: what the broker costs, next to baselines measured in the
+ * same run on the same machine, so that the ratios hold on a busy one.
  *
- * For each payload size:
- *   raw        a PUSH thread sends N messages to a PULL thread over
- *              tcp://127.0.0.1; rate = N / (first send .. last receive).
- *   none       a fresh snapbusd (delay 0); a publisher (this thread,
- *              fire-and-forget, aggregates round-robin) and a subscriber
- *              thread subscribed to everything, which keeps a bitmap of
- *              the seqs it saw, to count lost and duplicate events; rate =
- *              N / (first publish .. last event received).
- *   sequenced  a fresh snapbusd; acked publisher with a window; rate =
- *              N / (first publish .. last ack). Lost = events without an
- *              OK ack, dup = tokens acked twice.
- *   durable    the same with `durable` acks: each ack waits for the
- *              fdatasync of the on-disk log that covers it (group commit;
- *              pass --broker-arg --sync --broker-arg none to compare).
+ * This file holds the command: options, the order of the runs, medians
+ * over --runs, the ratios to the baselines, the tables and the JSON. The
+ * runs themselves are in cli_bench_base.c (raw ZeroMQ and the disk) and
+ * cli_bench_broker.c (through a fresh snapbusd each); s_modes below says
+ * what each mode measures, for --help and the table headers alike.
  *
- * Seqs of the measured run. The subscriber must be connected before the
- * run, and must know which seqs the run gets. A warm-up publisher sends
- * single acked events to "bench.warmup" until the subscriber has seen
- * one: then the subscription is live, and as the warm-up ack came before
- * the run starts and nobody else publishes, the run's events get exactly
- * the seqs base+1 .. base+N, base = the last warm-up seq.
+ * Order of one run: the fsync probe, then per size the baselines (raw,
+ * forwarder, echo-pipelined, echo), the throughput modes per aggregate
+ * count (each with its --curve and --producer-ids twins right after it,
+ * so both see the machine in the same state), then the latency modes.
+ * Every run makes the same rows in the same order; --runs K makes K runs
+ * and reports, row by row, the median of each figure (losses are summed).
+ * Ratios are taken after the medians.
  *
- * Each broker run gets its own snapbusd (so retention from one run never
- * weighs on the next), started with --ready-file in a temp dir and
- * stopped with SIGTERM + waitpid. Its output goes to broker-K.log there;
- * --keep leaves the dir.
- *
- * --curve runs every broker mode a second time right after the first,
- * with CURVE on every socket (docs/SECURITY.md): fresh keys in the temp
- * dir, one client key on both allowlists. The "vs plain" column is the
- * CURVE run's rate over the plain run's: the cost of encryption.
- *
- * --producer-ids does the same with a producer id and producer seq on
- * every event (docs/PUBLISHING.md): its "vs plain" is the cost of
- * de-duplication. The client's resend copies are off in those runs, so
- * the figure is the broker's index, not the client's bookkeeping. */
-#define _GNU_SOURCE /* nftw */
+ * --curve runs every throughput broker mode a second time right after the
+ * first, with CURVE on every socket (docs/SECURITY.md): fresh keys in the
+ * temp dir, one client key on both allowlists. --producer-ids does the
+ * same with a producer id and seq on every event (docs/PUBLISHING.md);
+ * the client's resend copies are off there, so the figure is the
+ * broker's index. Their "vs plain" is their rate over the plain row's. */
+#define _GNU_SOURCE /* nftw, explicit_bzero */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <limits.h>
-#include <pthread.h>
+#include <math.h>
 #include <signal.h>
-#include <stdatomic.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <zmq.h>
 
 #include "cli.h"
-#include <snapbus/snapbus.h>
+#include "cli_bench.h"
 
-#define BENCH_MAX_SIZES 16
-#define BENCH_MAX_EXTRA 32
+/* Each mode: its bit, its name (in --modes, the tables and the JSON) and
+ * what it measures, in the order the runs go. */
+static const struct {
+    int bit;
+    const char *name;
+    const char *what;
+} s_modes[] = {
+    {MODE_RAW, "raw", "ZeroMQ PUSH -> PULL, one message per event"},
+    {MODE_FWD, "forwarder",
+     "ZeroMQ PUSH -> forwarder thread (a zmq_proxy loop) -> PUB -> SUB, "
+     "HWM off: lossless"},
+    {MODE_ECHO_PIPE, "echo-pipelined",
+     "ZeroMQ DEALER -> ROUTER echo, W messages in flight"},
+    {MODE_ECHO, "echo", "ZeroMQ DEALER -> ROUTER echo, one at a time"},
+    {MODE_FSYNC, "fsync",
+     "4 KiB appended + fdatasync, in the data dir's file system"},
+    {MODE_NONE, "none",
+     "publisher (ack none) -> snapbusd -> lossless subscriber (gap fill "
+     "over the query socket); must lose 0"},
+    {MODE_NONE_LOSSY, "none-lossy",
+     "the same with a PUB-only subscriber (no gap fill): the PUB "
+     "high-water mark drops batches, counted as lost"},
+    {MODE_SEQ, "sequenced", "acked publisher, window W: publish .. ack"},
+    {MODE_PUBD, "published",
+     "acked publisher, window W, ack once the batch was sent to "
+     "subscribers"},
+    {MODE_DURABLE, "durable",
+     "acked publisher, window W, ack after the fdatasync (group commit)"},
+    {MODE_LAT_SEQ, "lat-sequenced", "one event at a time: publish .. ack"},
+    {MODE_LAT_PUBD, "lat-published",
+     "one event at a time: publish .. ack `published` (delay 0)"},
+    {MODE_LAT_DURABLE, "lat-durable",
+     "one event at a time: publish .. ack `durable`; compared with echo + "
+     "fsync"},
+    {MODE_LAT_DELIVER, "lat-deliver",
+     "one event at a time, ack none: publish .. the lossless subscriber "
+     "(same thread, one clock) has its batch"},
+};
+#define NMODES (sizeof s_modes / sizeof s_modes[0])
 
-typedef struct {
-    uint64_t events;
-    size_t sizes[BENCH_MAX_SIZES];
-    int nsizes;
-    uint32_t window;
-    uint32_t batch_events;
-    uint32_t batch_bytes;
-    int aggregates;
-    int stall_ms; /* a run with no progress this long ends */
-    const char *broker;
-    const char *extra[BENCH_MAX_EXTRA]; /* --broker-arg */
-    int nextra;
-    int keep;
-    int json;
-    int modes;          /* bit set of MODE_ */
-    char dir[PATH_MAX]; /* temp dir */
-    int runs;           /* brokers started, to name files */
-    int curve;          /* --curve: each broker mode again with CURVE */
-    int pids;           /* --producer-ids: again with producer ids */
-    int curve_now;      /* the broker being started runs CURVE */
-    char key_file[PATH_MAX + 16], list_file[PATH_MAX + 16];
-} bench;
+static const struct {
+    const char *name;
+    int bits;
+} s_groups[] = {
+    {"all", (1 << MODE_COUNT) - 1},
+    {"default", MODES_DEFAULT},
+    {"baselines",
+     MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_ECHO | MODE_FSYNC},
+    {"throughput", MODE_RAW | MODE_FWD | MODE_ECHO_PIPE | MODE_NONE |
+                       MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD | MODE_DURABLE},
+    {"latency", MODE_ECHO | MODE_FSYNC | MODE_LAT_SEQ | MODE_LAT_PUBD |
+                    MODE_LAT_DURABLE | MODE_LAT_DELIVER},
+};
 
-/* The client keys of the current run (all NULL: plain). Set by the main
- * thread before a run starts any thread, read by every client the run
- * makes; one global rather than a field threaded through each helper. */
-static sb_curve_opts s_curve_now;
-/* Likewise the producer id of the current run's publisher (NULL: none). */
-static const char *s_producer_now;
-static char s_curve_keys[3][41]; /* server public, client public, secret */
+/* ---- Progress (stderr, on a terminal only) ---------------------------- */
 
-enum { MODE_RAW = 1, MODE_NONE = 2, MODE_SEQ = 4, MODE_DURABLE = 8 };
-
-typedef struct {
-    const char *mode;
-    size_t size;
-    uint64_t events;
-    double seconds;
-    double rate;
-    double ratio;
-    uint64_t lost; /* neither delivered (or acked) nor refused */
-    uint64_t dup;
-    uint64_t refused; /* refused by the broker, with the reason on stderr */
-    int ok;           /* the run completed (else rate is what was measured) */
-    double vs_plain;  /* --curve rows: rate / the plain run's rate */
-} result;
-
-/* ---- Raw ZeroMQ baseline ------------------------------------------- */
-
-typedef struct {
-    void *zctx;
-    char endpoint[256];
-    void *pull;
-    uint64_t n;
-    size_t size;
-    _Atomic uint64_t t_first;
-    uint64_t t_last;
-    uint64_t got;
-} raw_run;
-
-static void *
-s_raw_pusher(void *arg)
-{
-    raw_run *r = arg;
-    void *push = zmq_socket(r->zctx, ZMQ_PUSH);
-    char *buf = calloc(1, r->size ? r->size : 1);
-
-    if (push == NULL || buf == NULL || zmq_connect(push, r->endpoint) != 0) {
-        free(buf);
-        if (push)
-            zmq_close(push);
-        return NULL;
-    }
-    memset(buf, 'x', r->size);
-    atomic_store(&r->t_first, cli_now_ns());
-    for (uint64_t i = 0; i < r->n; i++) {
-        while (zmq_send(push, buf, r->size, 0) < 0 && errno == EINTR)
-            ;
-    }
-    zmq_close(push);
-    free(buf);
-    return NULL;
-}
-
-static void *
-s_raw_puller(void *arg)
-{
-    raw_run *r = arg;
-    zmq_msg_t m;
-
-    zmq_msg_init(&m);
-    int timeout = 10000;
-    zmq_setsockopt(r->pull, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
-    while (r->got < r->n) {
-        if (zmq_msg_recv(&m, r->pull, 0) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        r->got++;
-    }
-    r->t_last = cli_now_ns();
-    zmq_msg_close(&m);
-    return NULL;
-}
-
-static int
-s_run_raw(const bench *bn, size_t size, result *res)
-{
-    raw_run r = {0};
-    pthread_t tp, tq;
-    size_t len = sizeof r.endpoint;
-    int linger = 0;
-
-    r.n = bn->events;
-    r.size = size;
-    if ((r.zctx = zmq_ctx_new()) == NULL ||
-        (r.pull = zmq_socket(r.zctx, ZMQ_PULL)) == NULL ||
-        zmq_setsockopt(r.pull, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_bind(r.pull, "tcp://127.0.0.1:*") != 0 ||
-        zmq_getsockopt(r.pull, ZMQ_LAST_ENDPOINT, r.endpoint, &len) != 0) {
-        fprintf(stderr, "snapbus bench: raw: %s\n", zmq_strerror(errno));
-        if (r.pull)
-            zmq_close(r.pull);
-        if (r.zctx)
-            zmq_ctx_term(r.zctx);
-        return -1;
-    }
-    pthread_create(&tq, NULL, s_raw_puller, &r);
-    pthread_create(&tp, NULL, s_raw_pusher, &r);
-    pthread_join(tp, NULL);
-    pthread_join(tq, NULL);
-    zmq_close(r.pull);
-    zmq_ctx_term(r.zctx);
-
-    res->mode = "raw";
-    res->size = size;
-    res->events = r.n;
-    res->seconds = (double)(r.t_last - atomic_load(&r.t_first)) / 1e9;
-    res->rate = res->seconds > 0 ? (double)r.got / res->seconds : 0;
-    res->lost = r.n - r.got;
-    res->ok = r.got == r.n;
-    return 0;
-}
-
-/* ---- The broker ---------------------------------------------------- */
-
-typedef struct {
-    pid_t pid;
-    char ingest[256];
-    char pub[256];
-    char query[256];
-    char log[PATH_MAX + 32];
-} broker;
-
-static int
-s_find_broker(const bench *bn, char *path, size_t n)
-{
-    if (bn->broker != NULL) {
-        snprintf(path, n, "%s", bn->broker);
-        return access(path, X_OK) == 0 ? 0 : -1;
-    }
-    char self[PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (k <= 0)
-        return -1;
-    self[k] = '\0';
-    snprintf(path, n, "%s/snapbusd", dirname(self));
-    return access(path, X_OK) == 0 ? 0 : -1;
-}
-
-/* Reads the ready file: "key=value" lines. It is written atomically, so
- * once it exists it is whole. */
-static int
-s_read_ready(const char *file, broker *br)
-{
-    FILE *f = fopen(file, "r");
-    char line[512];
-    int got = 0;
-
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof line, f) != NULL) {
-        line[strcspn(line, "\r\n")] = '\0';
-        char *eq = strchr(line, '=');
-        if (eq == NULL)
-            continue;
-        *eq = '\0';
-        const char *v = eq + 1;
-        if (!strcmp(line, "ingest"))
-            got |= 1, snprintf(br->ingest, sizeof br->ingest, "%s", v);
-        else if (!strcmp(line, "pub"))
-            got |= 2, snprintf(br->pub, sizeof br->pub, "%s", v);
-        else if (!strcmp(line, "query"))
-            got |= 4, snprintf(br->query, sizeof br->query, "%s", v);
-    }
-    fclose(f);
-    return got == 7 ? 0 : -1;
-}
+static int s_tty;
+static char s_label[160];
+static uint64_t s_last_ns;
 
 static void
-s_show_log(const char *log)
+s_step(const char *fmt, ...)
 {
-    FILE *f = fopen(log, "r");
-    char line[512];
-    int n = 0;
+    va_list ap;
 
-    if (f == NULL)
+    if (!s_tty)
         return;
-    fprintf(stderr, "--- %s ---\n", log);
-    while (fgets(line, sizeof line, f) != NULL && n++ < 40)
-        fputs(line, stderr);
-    fclose(f);
+    va_start(ap, fmt);
+    vsnprintf(s_label, sizeof s_label, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\r%s\033[K", s_label);
+    s_last_ns = cli_now_ns();
 }
 
-static int
-s_broker_start(bench *bn, broker *br)
+void
+cli_bench_progress(uint64_t done, uint64_t total)
 {
-    char path[PATH_MAX], ready[PATH_MAX + 32], data[32];
-    const char *argv[24 + BENCH_MAX_EXTRA];
-    int k = 0, run = ++bn->runs;
+    uint64_t now;
 
-    memset(br, 0, sizeof *br);
-    if (s_find_broker(bn, path, sizeof path) != 0) {
-        fprintf(stderr, "snapbus bench: no snapbusd at '%s' (--broker PATH)\n",
-                path);
-        return -1;
-    }
-    snprintf(ready, sizeof ready, "%s/ready-%d", bn->dir, run);
-    snprintf(br->log, sizeof br->log, "%s/broker-%d.log", bn->dir, run);
-    argv[k++] = path;
-    argv[k++] = "--ingest";
-    argv[k++] = "tcp://127.0.0.1:*";
-    argv[k++] = "--pub";
-    argv[k++] = "tcp://127.0.0.1:*";
-    argv[k++] = "--query";
-    argv[k++] = "tcp://127.0.0.1:*";
-    argv[k++] = "--ready-file";
-    argv[k++] = ready;
-    argv[k++] = "--default-delay-ms";
-    argv[k++] = "0";
-    /* Its own on-disk log (relative to the dir it runs in), so no run
-     * starts by recovering the one before. */
-    snprintf(data, sizeof data, "data-%d", run);
-    argv[k++] = "--data-dir";
-    argv[k++] = data;
-    if (bn->curve_now) {
-        argv[k++] = "--secret-key-file";
-        argv[k++] = bn->key_file;
-        argv[k++] = "--publisher-keys";
-        argv[k++] = bn->list_file;
-        argv[k++] = "--subscriber-keys";
-        argv[k++] = bn->list_file;
-    }
-    for (int i = 0; i < bn->nextra; i++)
-        argv[k++] = bn->extra[i];
-    argv[k] = NULL;
-
-    /* Opened before fork: the child only dup2s, chdirs and execs. */
-    int logfd = open(br->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (logfd < 0) {
-        perror("snapbus bench: broker log");
-        return -1;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("snapbus bench: fork");
-        close(logfd);
-        return -1;
-    }
-    if (pid == 0) {
-        /* In the child only async-signal-safe calls until exec. */
-        if (dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0 || chdir(bn->dir) != 0)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    close(logfd);
-    br->pid = pid;
-    /* Wait for the ready file, or for the broker to die trying. */
-    for (int i = 0; i < 1000; i++) {
-        int st;
-        if (s_read_ready(ready, br) == 0)
-            return 0;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fprintf(stderr, "snapbus bench: snapbusd exited at start\n");
-            s_show_log(br->log);
-            br->pid = 0;
-            return -1;
-        }
-        usleep(10000);
-    }
-    fprintf(stderr, "snapbus bench: snapbusd not ready after 10 s\n");
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    s_show_log(br->log);
-    br->pid = 0;
-    return -1;
-}
-
-static int
-s_broker_stop(broker *br)
-{
-    int st = 0;
-
-    if (br->pid <= 0)
-        return 0;
-    kill(br->pid, SIGTERM);
-    for (int i = 0; i < 1500; i++) { /* 15 s to flush and exit */
-        pid_t w = waitpid(br->pid, &st, WNOHANG);
-        if (w == br->pid) {
-            br->pid = 0;
-            if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-                fprintf(stderr, "snapbus bench: snapbusd exit status %d\n", st);
-                s_show_log(br->log);
-                return -1;
-            }
-            return 0;
-        }
-        if (w < 0 && errno != EINTR)
-            break;
-        usleep(10000);
-    }
-    fprintf(stderr, "snapbus bench: snapbusd ignored SIGTERM; killing\n");
-    kill(br->pid, SIGKILL);
-    waitpid(br->pid, NULL, 0);
-    br->pid = 0;
-    return -1;
-}
-
-/* ---- Fire-and-forget through the broker ---------------------------- */
-
-typedef struct {
-    const bench *bn;
-    const char *endpoint;
-    uint64_t n;
-    _Atomic uint64_t base;     /* UINT64_MAX until the warm-up is done */
-    _Atomic uint64_t seen_max; /* highest seq seen, for the warm-up */
-    _Atomic int pub_done;
-    _Atomic int stop;
-    _Atomic int ready; /* the subscriber socket exists */
-    uint8_t *bitmap;
-    uint64_t got; /* distinct events of the run */
-    uint64_t dup;
-    uint64_t stray; /* seqs beyond the run */
-    uint64_t t_last;
-    sb_subscriber_stats st;
-} sub_run;
-
-static void *
-s_sub_thread(void *arg)
-{
-    sub_run *r = arg;
-    sb_subscriber_opts so;
-    sb_subscriber *s;
-
-    sb_subscriber_opts_defaults(&so);
-    so.curve = s_curve_now;
-    so.endpoint = r->endpoint;
-    so.query_endpoint = NULL;
-    so.rcvhwm = 0; /* measure the broker, not our queue: take it all */
-    if (sb_subscriber_new(&s, &so) != SB_OK ||
-        sb_subscriber_subscribe(s, "") != SB_OK) {
-        atomic_store(&r->ready, -1);
-        return NULL;
-    }
-    atomic_store(&r->ready, 1);
-    uint64_t last_progress = cli_now_ns();
-    while (!atomic_load(&r->stop) && r->got < r->n) {
-        sb_snapshot *b;
-        sb_err e = sb_subscriber_recv(s, &b, 100);
-        uint64_t now = cli_now_ns();
-        if (e != SB_OK) {
-            if (atomic_load(&r->pub_done) &&
-                now - last_progress > (uint64_t)r->bn->stall_ms * 1000000u)
-                break;
-            continue;
-        }
-        uint64_t base = atomic_load(&r->base);
-        size_t n = sb_snapshot_count(b);
-        for (size_t i = 0; i < n; i++) {
-            sb_snapshot_event ev;
-            if (sb_snapshot_event_get(b, i, &ev) != SB_OK)
-                continue;
-            if (ev.seq > atomic_load(&r->seen_max))
-                atomic_store(&r->seen_max, ev.seq);
-            if (base == UINT64_MAX || ev.seq <= base)
-                continue; /* warm-up */
-            uint64_t k = ev.seq - base - 1;
-            if (k >= r->n) {
-                r->stray++;
-                continue;
-            }
-            uint8_t bit = (uint8_t)(1u << (k & 7));
-            if (r->bitmap[k >> 3] & bit) {
-                r->dup++;
-                continue;
-            }
-            r->bitmap[k >> 3] |= bit;
-            r->got++;
-            r->t_last = now;
-            last_progress = now;
-        }
-        sb_snapshot_destroy(&b);
-    }
-    sb_subscriber_stats_get(s, &r->st);
-    sb_subscriber_destroy(&s);
-    return NULL;
-}
-
-typedef struct {
-    uint64_t seq;
-    sb_err err;
-    int n;
-} warm_ack;
-
-static void
-s_warm_ack(const sb_ack_info *a, void *ctx)
-{
-    warm_ack *w = ctx;
-    w->seq = a->seq;
-    w->err = a->err;
-    w->n++;
-}
-
-/* Prints the first few runs of seqs the subscriber never saw, to tell a
- * dropped batch (a run) from a tail never flushed (one run at the end). */
-static void
-s_count_batch(sb_snapshot *b, void *ctx)
-{
-    uint64_t *n = ctx;
-
-    *n += sb_snapshot_count(b);
-    sb_snapshot_destroy(&b);
-}
-
-static void
-s_show_missing(const sub_run *r, const broker *br)
-{
-    uint64_t base = atomic_load(&r->base);
-    int runs = 0;
-
-    for (uint64_t k = 0; k < r->n && runs < 5; k++) {
-        if (r->bitmap[k >> 3] & (1u << (k & 7)))
-            continue;
-        uint64_t end = k;
-        while (end + 1 < r->n &&
-               !(r->bitmap[(end + 1) >> 3] & (1u << ((end + 1) & 7))))
-            end++;
-        /* Did the broker publish them? Its ring says. */
-        sb_fetch_opts fo;
-        sb_fetch_opts_defaults(&fo);
-        fo.from_seq = base + 1 + k;
-        fo.to_seq = base + 1 + end;
-        fo.curve = s_curve_now;
-        sb_fetch_info fi;
-        uint64_t held = 0;
-        sb_err fe = sb_fetch(br->query, &fo, s_count_batch, &held, &fi, 2000);
-        fprintf(stderr,
-                "snapbus bench: missing seq %" PRIu64 "..%" PRIu64
-                " (broker: %s, last_seq=%" PRIu64 ", %" PRIu64
-                " events in batches holding them)\n",
-                base + 1 + k, base + 1 + end, sb_strerror(fe), fi.last_seq,
-                held);
-        runs++;
-        k = end;
-    }
-    /* One acked probe: its seq tells whether the broker sequenced the
-     * missing events (stuck inside it) or never got them. */
-    sb_publisher_opts po;
-    sb_publisher *p;
-    warm_ack w = {0};
-    sb_publisher_opts_defaults(&po);
-    po.curve = s_curve_now;
-    po.endpoint = br->ingest;
-    po.timeout_ms = 2000;
-    if (sb_publisher_new(&p, &po) != SB_OK)
+    if (!s_tty || total == 0 || (now = cli_now_ns()) - s_last_ns < 200000000)
         return;
-    sb_publisher_on_ack(p, s_warm_ack, &w);
-    sb_pub_event ev = {.aggregate = "bench.probe", .type = "probe"};
-    if (sb_publisher_publish(p, &ev, 0, NULL) == SB_OK &&
-        sb_publisher_wait_all(p, 2000) == SB_OK && w.n == 1)
-        fprintf(stderr,
-                "snapbus bench: probe event got seq %" PRIu64
-                " (run ends at %" PRIu64 ")\n",
-                w.seq, base + r->n);
-    sb_publisher_destroy(&p);
-}
-
-/* Until the subscriber sees a warm-up event; returns its seq, 0 on
- * failure. */
-static uint64_t
-s_warm_up(const broker *br, sub_run *r)
-{
-    sb_publisher_opts po;
-    sb_publisher *p;
-    warm_ack w = {0};
-    uint64_t seq = 0;
-
-    sb_publisher_opts_defaults(&po);
-    po.curve = s_curve_now;
-    po.endpoint = br->ingest;
-    po.ack = SB_ACK_SEQUENCED;
-    po.timeout_ms = 5000;
-    if (sb_publisher_new(&p, &po) != SB_OK)
-        return 0;
-    sb_publisher_on_ack(p, s_warm_ack, &w);
-    sb_pub_event ev = {.aggregate = "bench.warmup", .type = "warmup"};
-    for (int i = 0; i < 200 && seq == 0; i++) {
-        w.n = 0;
-        if (sb_publisher_publish(p, &ev, 0, NULL) != SB_OK ||
-            sb_publisher_wait_all(p, 5000) != SB_OK || w.n != 1 ||
-            w.err != SB_OK) {
-            fprintf(stderr, "snapbus bench: warm-up publish failed: %s\n",
-                    sb_strerror(w.n ? w.err : SB_ETIMEDOUT));
-            break;
-        }
-        for (int k = 0; k < 20; k++) { /* up to 100 ms for it to arrive */
-            if (atomic_load(&r->seen_max) >= w.seq) {
-                seq = w.seq;
-                break;
-            }
-            usleep(5000);
-        }
-    }
-    sb_publisher_destroy(&p);
-    return seq;
+    s_last_ns = now;
+    fprintf(stderr, "\r%s %3d%%\033[K", s_label, (int)(done * 100 / total));
 }
 
 static void
-s_fill_names(char names[][32], int n)
+s_step_clear(void)
+{
+    if (s_tty)
+        fprintf(stderr, "\r\033[K");
+}
+
+/* ---- Figures ------------------------------------------------------- */
+
+static int
+s_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int
+s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest rank: the smallest sample with at least q of them at or below. */
+static double
+s_pct(const uint64_t *ns, size_t n, double q)
+{
+    size_t k = (size_t)ceil(q * (double)n);
+    return (double)ns[k ? k - 1 : 0] / 1e3;
+}
+
+void
+cli_bench_latency(result *res, uint64_t *ns, size_t n)
+{
+    uint64_t sum = 0;
+
+    res->lat = 1;
+    if (n == 0)
+        return;
+    qsort(ns, n, sizeof *ns, s_cmp_u64);
+    for (size_t i = 0; i < n; i++)
+        sum += ns[i];
+    res->p50 = s_pct(ns, n, 0.50);
+    res->p99 = s_pct(ns, n, 0.99);
+    res->p999 = s_pct(ns, n, 0.999);
+    res->rate = sum ? (double)n * 1e9 / (double)sum : 0;
+}
+
+static double
+s_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Row i of every run into out: medians, losses summed, ok only if every
+ * run was. */
+static void
+s_merge(result *const *runs, int k, int i, result *out)
+{
+    double v[64];
+
+    *out = runs[0][i];
+#define MED(f)                                                                 \
+    do {                                                                       \
+        for (int r = 0; r < k; r++)                                            \
+            v[r] = runs[r][i].f;                                               \
+        out->f = s_median(v, k);                                               \
+    } while (0)
+    MED(seconds);
+    MED(rate);
+    MED(cpu_us);
+    MED(p50);
+    MED(p99);
+    MED(p999);
+#undef MED
+    for (int r = 1; r < k; r++) {
+        out->lost += runs[r][i].lost;
+        out->dup += runs[r][i].dup;
+        out->refused += runs[r][i].refused;
+        out->ok &= runs[r][i].ok;
+        if (runs[r][i].cpu_us < 0)
+            out->cpu_us = -1;
+    }
+}
+
+static const result *
+s_find(const result *res, int n, const char *mode, size_t size)
 {
     for (int i = 0; i < n; i++)
-        snprintf(names[i], 32, "bench.%d", i);
+        if (!strcmp(res[i].mode, mode) &&
+            (size == SIZE_MAX || res[i].size == size))
+            return &res[i];
+    return NULL;
 }
 
-/* ---- Acked (sequenced) through the broker ---------------------------- */
+static double
+s_over(double a, double b)
+{
+    return a > 0 && b > 0 ? a / b : 0;
+}
 
-typedef struct {
-    uint64_t n;
-    uint8_t *bitmap; /* tokens acked OK */
-    uint64_t ok;
-    uint64_t refused;
-    uint64_t dup;
-    sb_err first_err;
-} ack_run;
+/* Ratios to the baselines of the same size: rates over raw's (and the
+ * fire-and-forget rows over the forwarder's too); latencies over echo's
+ * same percentile, lat-durable over echo + fsync. */
+static void
+s_ratios(result *res, int n)
+{
+    const result *fs = s_find(res, n, "fsync", SIZE_MAX);
+
+    for (int i = 0; i < n; i++) {
+        result *r = &res[i];
+        if (r->plain >= 0 && r->plain < n)
+            r->vs_plain = s_over(r->rate, res[r->plain].rate);
+        if (!strcmp(r->mode, "fsync"))
+            continue;
+        if (!r->lat) {
+            const result *raw = s_find(res, n, "raw", r->size);
+            const result *fwd = s_find(res, n, "forwarder", r->size);
+            if (raw != NULL) {
+                r->ratio = s_over(r->rate, raw->rate);
+                r->base = "raw";
+            }
+            if (fwd != NULL && !strncmp(r->mode, "none", 4))
+                r->vs_fwd = s_over(r->rate, fwd->rate);
+            continue;
+        }
+        const result *echo = s_find(res, n, "echo", r->size);
+        if (echo == NULL)
+            continue;
+        double b50 = echo->p50, b99 = echo->p99, b999 = echo->p999;
+        r->base = "echo";
+        if (!strcmp(r->mode, "lat-durable")) {
+            if (fs == NULL)
+                continue;
+            b50 += fs->p50, b99 += fs->p99, b999 += fs->p999;
+            r->base = "echo+fsync";
+        }
+        r->ratio = s_over(r->p50, b50);
+        r->ratio_p99 = s_over(r->p99, b99);
+        r->ratio_p999 = s_over(r->p999, b999);
+    }
+}
+
+/* ---- Output -------------------------------------------------------- */
 
 static void
-s_bench_ack(const sb_ack_info *a, void *ctx)
+s_json_num(const char *key, double v, const char *fmt)
 {
-    ack_run *r = ctx;
-
-    if (a->err != SB_OK) {
-        if (r->refused++ == 0)
-            r->first_err = a->err;
-        return;
-    }
-    if (a->token == 0 || a->token > r->n) {
-        r->dup++;
-        return;
-    }
-    uint64_t k = a->token - 1;
-    uint8_t bit = (uint8_t)(1u << (k & 7));
-    if (r->bitmap[k >> 3] & bit) {
-        r->dup++;
-        return;
-    }
-    r->bitmap[k >> 3] |= bit;
-    r->ok++;
+    printf(",\"%s\":", key);
+    if (isfinite(v))
+        printf(fmt, v);
+    else
+        printf("null");
 }
 
-static int
-s_run_none(bench *bn, size_t size, result *res)
+static void
+s_print_json(const bench *bn, const result *res, int n)
 {
-    broker br;
-    sub_run r = {0};
-    pthread_t ts;
-    int rc = -1;
-    char(*names)[32] = calloc((size_t)bn->aggregates, sizeof *names);
-    char *payload = malloc(size ? size : 1);
-
-    res->mode = "none";
-    res->size = size;
-    res->events = bn->events;
-    r.bn = bn;
-    r.n = bn->events;
-    r.bitmap = calloc((size_t)(bn->events / 8 + 1), 1);
-    atomic_store(&r.base, UINT64_MAX);
-    if (names == NULL || payload == NULL || r.bitmap == NULL)
-        goto out_free;
-    s_fill_names(names, bn->aggregates);
-    memset(payload, 'x', size);
-    if (s_broker_start(bn, &br) != 0)
-        goto out_free;
-    r.endpoint = br.pub;
-    pthread_create(&ts, NULL, s_sub_thread, &r);
-    while (atomic_load(&r.ready) == 0)
-        usleep(1000);
-    uint64_t base = atomic_load(&r.ready) > 0 ? s_warm_up(&br, &r) : 0;
-    if (base == 0) {
-        fprintf(stderr, "snapbus bench: subscriber never saw the warm-up\n");
-        atomic_store(&r.stop, 1);
-        pthread_join(ts, NULL);
-        s_broker_stop(&br);
-        goto out_free;
-    }
-    atomic_store(&r.base, base);
-
-    sb_publisher_opts po;
-    sb_publisher *p = NULL;
-    sb_publisher_opts_defaults(&po);
-    po.curve = s_curve_now;
-    po.endpoint = br.ingest;
-    po.ack = SB_ACK_NONE;
-    po.batch_events = bn->batch_events;
-    po.batch_bytes = bn->batch_bytes;
-    po.timeout_ms = 30000;
-    po.producer_id = s_producer_now;
-    ack_run refusals = {0};
-    sb_err e = sb_publisher_new(&p, &po);
-    uint64_t t0 = cli_now_ns();
-    if (e == SB_OK) {
-        sb_publisher_on_ack(p, s_bench_ack, &refusals);
-        sb_pub_event ev = {
-            .type = "bench", .payload = payload, .payload_len = size};
-        for (uint64_t i = 0; i < bn->events && e == SB_OK; i++) {
-            ev.aggregate = names[i % (uint64_t)bn->aggregates];
-            e = sb_publisher_publish(p, &ev, 0, NULL);
+    printf("{\"events\":%" PRIu64 ",\"lat_events\":%" PRIu64
+           ",\"window\":%u,\"aggregates\":%d,\"runs\":%d,\"results\":[",
+           bn->events, bn->lat_events, bn->window, bn->aggs[0], bn->nruns);
+    for (int i = 0; i < n; i++) {
+        const result *r = &res[i];
+        printf("%s\n {\"mode\":\"%s\",\"size\":%zu", i ? "," : "", r->mode,
+               r->size);
+        if (r->aggregates > 0)
+            printf(",\"aggregates\":%d", r->aggregates);
+        printf(",\"events\":%" PRIu64, r->events);
+        s_json_num("seconds", r->seconds, "%.6f");
+        s_json_num("rate", r->rate, "%.0f");
+        s_json_num("ratio", r->ratio, "%.4f");
+        if (r->base != NULL)
+            printf(",\"baseline\":\"%s\"", r->base);
+        if (!r->lat)
+            s_json_num("mb_s", r->rate * (double)r->size / 1e6, "%.2f");
+        if (r->cpu_us >= 0)
+            s_json_num("cpu_us_per_event", r->cpu_us, "%.3f");
+        printf(",\"lost\":%" PRIu64 ",\"dup\":%" PRIu64 ",\"refused\":%" PRIu64
+               ",\"ok\":%s,\"lossless\":%s",
+               r->lost, r->dup, r->refused, r->ok ? "true" : "false",
+               r->lossy ? "false" : "true");
+        if (r->lat) {
+            s_json_num("p50_us", r->p50, "%.1f");
+            s_json_num("p99_us", r->p99, "%.1f");
+            s_json_num("p999_us", r->p999, "%.1f");
+            s_json_num("ratio_p99", r->ratio_p99, "%.4f");
+            s_json_num("ratio_p999", r->ratio_p999, "%.4f");
         }
-        if (e == SB_OK)
-            e = sb_publisher_wait_all(p, po.timeout_ms);
+        if (r->vs_fwd > 0)
+            s_json_num("vs_forwarder", r->vs_fwd, "%.4f");
+        if (r->vs_plain > 0)
+            s_json_num("vs_plain", r->vs_plain, "%.4f");
+        printf("}");
     }
-    if (e != SB_OK)
-        fprintf(stderr, "snapbus bench: publish: %s\n", sb_strerror(e));
-    atomic_store(&r.pub_done, 1);
-    pthread_join(ts, NULL);
-    if (p != NULL) {
-        /* Refusals of fire-and-forget requests come back late, if at
-         * all: by now every event has been through the broker. */
-        (void)sb_publisher_poll(p, 100);
-        sb_publisher_stats pst;
-        sb_publisher_stats_get(p, &pst);
-        if (pst.refused > 0)
-            fprintf(stderr,
-                    "snapbus bench: broker refused %" PRIu64
-                    " events (first: %s)\n",
-                    pst.refused, sb_strerror(refusals.first_err));
-        if (pst.bad_replies > 0)
-            fprintf(stderr, "snapbus bench: %" PRIu64 " bad replies\n",
-                    pst.bad_replies);
-        res->refused = pst.refused;
-        sb_publisher_destroy(&p);
-    }
-    if (r.got < r.n)
-        s_show_missing(&r, &br);
-    if (s_broker_stop(&br) == 0 && e == SB_OK)
-        rc = 0;
-
-    res->seconds = r.got ? (double)(r.t_last - t0) / 1e9 : 0;
-    res->rate = res->seconds > 0 ? (double)r.got / res->seconds : 0;
-    res->lost = r.n - r.got > res->refused ? r.n - r.got - res->refused : 0;
-    res->dup = r.dup + r.stray;
-    res->ok = rc == 0 && r.got == r.n;
-    if (r.st.malformed)
-        fprintf(stderr, "snapbus bench: %" PRIu64 " malformed batches\n",
-                r.st.malformed);
-out_free:
-    free(names);
-    free(payload);
-    free(r.bitmap);
-    return rc;
+    printf("\n]}\n");
 }
 
-static int
-s_run_seq(bench *bn, size_t size, sb_ack ack, result *res)
+/* "PREFIX NAME  what", the text wrapped at 79 columns under itself. */
+static void
+s_mode_line(FILE *f, const char *prefix, const char *name, const char *what)
 {
-    broker br;
-    ack_run r = {0};
-    int rc = -1;
-    char(*names)[32] = calloc((size_t)bn->aggregates, sizeof *names);
-    char *payload = malloc(size ? size : 1);
+    int col = fprintf(f, "%s%-15s ", prefix, name), indent = col;
+    const char *w = what;
 
-    res->mode = ack == SB_ACK_DURABLE ? "durable" : "sequenced";
-    res->size = size;
-    res->events = bn->events;
-    r.n = bn->events;
-    r.bitmap = calloc((size_t)(bn->events / 8 + 1), 1);
-    if (names == NULL || payload == NULL || r.bitmap == NULL)
-        goto out_free;
-    s_fill_names(names, bn->aggregates);
-    memset(payload, 'x', size);
-    if (s_broker_start(bn, &br) != 0)
-        goto out_free;
-
-    sb_publisher_opts po;
-    sb_publisher *p;
-    sb_publisher_opts_defaults(&po);
-    po.curve = s_curve_now;
-    po.endpoint = br.ingest;
-    po.ack = ack;
-    po.window = bn->window;
-    po.batch_events = bn->batch_events;
-    po.batch_bytes = bn->batch_bytes;
-    po.timeout_ms = 30000;
-    po.producer_id = s_producer_now;
-    po.resend = 0;
-    sb_err e = sb_publisher_new(&p, &po);
-    uint64_t t0 = cli_now_ns(), t1 = t0;
-    if (e == SB_OK) {
-        sb_publisher_on_ack(p, s_bench_ack, &r);
-        sb_pub_event ev = {
-            .type = "bench", .payload = payload, .payload_len = size};
-        for (uint64_t i = 0; i < bn->events && e == SB_OK; i++) {
-            ev.aggregate = names[i % (uint64_t)bn->aggregates];
-            e = sb_publisher_publish(p, &ev, 0, NULL);
+    while (*w != '\0') {
+        size_t len = strcspn(w, " ");
+        if (col > indent && col + 1 + (int)len > 79) {
+            col = fprintf(f, "\n%s%*s", prefix, indent - (int)strlen(prefix),
+                          "") -
+                  1;
+        } else if (col > indent) {
+            fputc(' ', f);
+            col++;
         }
-        if (e == SB_OK)
-            e = sb_publisher_wait_all(p, po.timeout_ms);
-        t1 = cli_now_ns();
-        sb_publisher_destroy(&p);
+        col += fprintf(f, "%.*s", (int)len, w);
+        w += len;
+        w += strspn(w, " ");
     }
-    if (e != SB_OK)
-        fprintf(stderr, "snapbus bench: publish: %s\n", sb_strerror(e));
-    if (r.refused)
-        fprintf(stderr, "snapbus bench: %" PRIu64 " refused (first: %s)\n",
-                r.refused, sb_strerror(r.first_err));
-    if (s_broker_stop(&br) == 0 && e == SB_OK)
-        rc = 0;
-    res->seconds = (double)(t1 - t0) / 1e9;
-    res->rate = res->seconds > 0 ? (double)r.ok / res->seconds : 0;
-    res->refused = r.refused;
-    res->lost = r.n - r.ok - r.refused;
-    res->dup = r.dup;
-    res->ok = rc == 0 && r.ok == r.n;
-out_free:
-    free(names);
-    free(payload);
-    free(r.bitmap);
-    return rc;
+    fputc('\n', f);
+}
+
+static void
+s_legend(const result *res, int n, int lat)
+{
+    for (size_t m = 0; m < NMODES; m++) {
+        int shown = 0;
+        for (int i = 0; i < n && !shown; i++)
+            shown = res[i].lat == lat &&
+                    !strncmp(res[i].mode, s_modes[m].name,
+                             strlen(s_modes[m].name)) &&
+                    (res[i].mode[strlen(s_modes[m].name)] == '\0' ||
+                     res[i].mode[strlen(s_modes[m].name)] == '+');
+        if (shown)
+            s_mode_line(stdout, "#   ", s_modes[m].name, s_modes[m].what);
+    }
+}
+
+static void
+s_fmt(char *buf, size_t n, double v, const char *fmt)
+{
+    if (v > 0)
+        snprintf(buf, n, fmt, v);
+    else
+        snprintf(buf, n, "-");
+}
+
+static void
+s_print_table(const bench *bn, const result *res, int n)
+{
+    int nt = 0, nl = 0;
+
+    for (int i = 0; i < n; i++)
+        res[i].lat ? nl++ : nt++;
+    if (bn->nruns > 1)
+        printf("# median of %d runs; lost, dup and refused are summed\n",
+               bn->nruns);
+    if (nt > 0) {
+        printf("# throughput: %" PRIu64 " events a run, W = %u; rate = events "
+               "/ (first send ..\n"
+               "# last receipt or ack); vs raw, vs fwd: rate over raw's, over "
+               "forwarder's;\n"
+               "# cpu: snapbusd's CPU time (user + system, all threads) per "
+               "event\n",
+               bn->events, bn->window);
+        s_legend(res, n, 0);
+        printf("%-16s %6s %6s %9s %12s %8s %6s %6s %9s %8s %6s %7s%s\n", "mode",
+               "size", "aggs", "events", "rate (ev/s)", "MB/s", "vs raw",
+               "vs fwd", "cpu us/ev", "lost", "dup", "refused",
+               bn->curve || bn->pids ? "  vs plain" : "");
+        for (int i = 0; i < n; i++) {
+            const result *r = &res[i];
+            char ratio[16], fwd[16], cpu[16], aggs[16], vs[24] = "";
+            if (r->lat)
+                continue;
+            s_fmt(ratio, sizeof ratio, r->ratio, "%.2f");
+            s_fmt(fwd, sizeof fwd, r->vs_fwd, "%.2f");
+            s_fmt(cpu, sizeof cpu, r->cpu_us, "%.3f");
+            if (r->aggregates > 0)
+                snprintf(aggs, sizeof aggs, "%d", r->aggregates);
+            else
+                snprintf(aggs, sizeof aggs, "-");
+            if (r->vs_plain > 0)
+                snprintf(vs, sizeof vs, "  %8.2f", r->vs_plain);
+            printf("%-16s %6zu %6s %9" PRIu64 " %12.0f %8.1f %6s %6s %9s "
+                   "%8" PRIu64 " %6" PRIu64 " %7" PRIu64 "%s%s%s\n",
+                   r->mode, r->size, aggs, r->events, r->rate,
+                   r->rate * (double)r->size / 1e6, ratio, fwd, cpu, r->lost,
+                   r->dup, r->refused, vs, r->ok ? "" : "  (incomplete)",
+                   r->lossy && r->lost ? "  (PUB drops, by design)" : "");
+        }
+    }
+    if (nl > 0) {
+        printf("%s# latency, one at a time (window 1): %" PRIu64
+               " samples a run, in us;\n"
+               "# x base: over the baseline's same percentile (echo; "
+               "lat-durable: echo + fsync)\n",
+               nt > 0 ? "\n" : "", bn->lat_events);
+        s_legend(res, n, 1);
+        printf("%-16s %6s %8s %9s %9s %9s %11s %6s %6s %7s %9s %6s\n", "mode",
+               "size", "events", "p50", "p99", "p99.9", "base", "p50 x",
+               "p99 x", "p99.9 x", "cpu us/ev", "lost");
+        for (int i = 0; i < n; i++) {
+            const result *r = &res[i];
+            char a[16], b[16], c[16], cpu[16];
+            if (!r->lat)
+                continue;
+            s_fmt(a, sizeof a, r->ratio, "%.2f");
+            s_fmt(b, sizeof b, r->ratio_p99, "%.2f");
+            s_fmt(c, sizeof c, r->ratio_p999, "%.2f");
+            s_fmt(cpu, sizeof cpu, r->cpu_us, "%.3f");
+            printf("%-16s %6zu %8" PRIu64 " %9.1f %9.1f %9.1f %11s %6s %6s "
+                   "%7s %9s %6" PRIu64 "%s\n",
+                   r->mode, r->size, r->events, r->p50, r->p99, r->p999,
+                   r->base ? r->base : "-", a, b, c, cpu, r->lost,
+                   r->ok ? "" : "  (incomplete)");
+        }
+    }
 }
 
 /* ---- Command ------------------------------------------------------- */
@@ -811,37 +451,61 @@ out_free:
 static void
 s_help(FILE *f)
 {
+    fprintf(f,
+            "usage: snapbus bench [OPTIONS]\n"
+            "\n"
+            "Measures snapbus on loopback next to baselines run in the same\n"
+            "run (raw ZeroMQ, a ZeroMQ forwarder, a ZeroMQ echo, fdatasync),\n"
+            "each broker mode against a fresh snapbusd (delay 0) started from\n"
+            "a temp dir. Throughput modes report events/s, MB/s of payload,\n"
+            "the ratio to raw (and to the forwarder), and snapbusd's CPU time\n"
+            "per event; latency modes (window 1) report p50/p99/p99.9 in us\n"
+            "and their ratio to the echo round trip of the same run.\n"
+            "\n"
+            "modes (--modes; groups: all, default, baselines, throughput,\n"
+            "latency; default: all but none-lossy and published):\n");
+    for (size_t m = 0; m < NMODES; m++)
+        s_mode_line(f, "  ", s_modes[m].name, s_modes[m].what);
     fprintf(
         f,
-        "usage: snapbus bench [OPTIONS]\n"
-        "\n"
-        "Measures events/s on loopback: raw ZeroMQ PUSH->PULL, then through\n"
-        "a fresh snapbusd fire-and-forget (publisher -> broker -> subscriber)\n"
-        "and acked 'sequenced' (publisher -> broker -> ack), per size.\n"
         "\n"
         "options:\n"
-        "  -n, --events N        events per run (default 1000000)\n"
+        "  -n, --events N        events per throughput run (default "
+        "1000000)\n"
+        "  -l, --lat-events N    events per latency run (default 10000;\n"
+        "                        the fsync probe does at most 2000)\n"
         "  -s, --sizes LIST      payload sizes, comma separated (default "
         "100,1000)\n"
-        "  -w, --window W        requests in flight, acked run (default 64)\n"
+        "  -w, --window W        requests in flight, acked runs; messages\n"
+        "                        in flight, echo-pipelined (default 64)\n"
+        "  -g, --aggregates LIST aggregates, round-robin; each value makes\n"
+        "                        its own throughput runs, the first is used\n"
+        "                        by the latency runs (default 16; up to 4\n"
+        "                        values, each 1 to 100000)\n"
+        "  -r, --runs K          the whole run K times, report medians\n"
+        "                        (default 1)\n"
         "  -b, --broker PATH     snapbusd to run (default: next to snapbus)\n"
         "  -A, --broker-arg ARG  extra snapbusd argument (repeatable)\n"
-        "  -m, --modes LIST      of raw,none,sequenced,durable (default all)\n"
-        "  -g, --aggregates K    aggregates, round-robin (default 16)\n"
+        "  -m, --modes LIST      modes and groups, comma separated\n"
         "  -E, --batch-events N  events per request (default 1000)\n"
         "  -B, --batch-bytes N   bytes per request (default 262144)\n"
         "  -k, --keep            keep the temp dir with the broker logs\n"
-        "  -C, --curve           run each broker mode again with CURVE and\n"
-        "                        show its rate over the plain run's\n"
-        "  -P, --producer-ids    run each broker mode again with a producer\n"
-        "                        id and seq on every event (de-duplication)\n"
-        "                        and show its rate over the plain run's\n"
-        "  -j, --json            print JSON instead of a table\n"
+        "  -C, --curve           run each throughput broker mode again with\n"
+        "                        CURVE and show its rate over the plain run's\n"
+        "  -P, --producer-ids    run each throughput broker mode again with\n"
+        "                        a producer id and seq on every event\n"
+        "                        (de-duplication) and show its rate over the\n"
+        "                        plain run's\n"
+        "  -j, --json            print JSON instead of tables\n"
         "  -h, --help            this help\n"
         "\n"
+        "The machine's load moves absolute figures; the ratios, to\n"
+        "baselines measured minutes apart, move less. See\n"
+        "docs/PERFORMANCE.md.\n"
+        "\n"
         "exit codes: 0 every run delivered every event once, 1 a run lost\n"
-        "or duplicated events, 2 usage, 3 a run failed (a broker did not\n"
-        "start or answer).\n");
+        "(none-lossy aside), duplicated or had refused events, 2 usage,\n"
+        "3 a run failed (a broker did not start or answer).\n");
 }
 
 /* Fresh keys for the --curve runs, in the temp dir: the broker's secret
@@ -852,8 +516,8 @@ s_curve_setup(bench *bn)
     char sec[41], text[64];
     int fd, len;
 
-    if (zmq_curve_keypair(s_curve_keys[0], sec) != 0 ||
-        zmq_curve_keypair(s_curve_keys[1], s_curve_keys[2]) != 0) {
+    if (zmq_curve_keypair(bn->curve_keys[0], sec) != 0 ||
+        zmq_curve_keypair(bn->curve_keys[1], bn->curve_keys[2]) != 0) {
         fprintf(stderr, "snapbus bench: --curve: %s\n", zmq_strerror(errno));
         return -1;
     }
@@ -868,7 +532,7 @@ s_curve_setup(bench *bn)
         return -1;
     }
     explicit_bzero(text, sizeof text);
-    len = snprintf(text, sizeof text, "%s\n", s_curve_keys[1]);
+    len = snprintf(text, sizeof text, "%s\n", bn->curve_keys[1]);
     fd = open(bn->list_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0 || write(fd, text, (size_t)len) != len || close(fd) != 0) {
         perror("snapbus bench: --curve: allowlist");
@@ -882,44 +546,33 @@ s_curve_use(bench *bn, int on)
 {
     bn->curve_now = on;
     if (on) {
-        s_curve_now.server_key = s_curve_keys[0];
-        s_curve_now.public_key = s_curve_keys[1];
-        s_curve_now.secret_key = s_curve_keys[2];
+        bn->curve_opts.server_key = bn->curve_keys[0];
+        bn->curve_opts.public_key = bn->curve_keys[1];
+        bn->curve_opts.secret_key = bn->curve_keys[2];
     } else {
-        memset(&s_curve_now, 0, sizeof s_curve_now);
+        memset(&bn->curve_opts, 0, sizeof bn->curve_opts);
     }
 }
 
 static int
-s_run_broker_mode(bench *bn, int mode, size_t size, result *r)
-{
-    memset(r, 0, sizeof *r);
-    if (mode == MODE_NONE)
-        return s_run_none(bn, size, r);
-    return s_run_seq(bn, size,
-                     mode == MODE_SEQ ? SB_ACK_SEQUENCED : SB_ACK_DURABLE, r);
-}
-
-static int
-s_parse_sizes(bench *bn, const char *arg)
+s_parse_list(const char *arg, uint64_t *out, int max, uint64_t lo, uint64_t hi)
 {
     char *copy = strdup(arg), *save = NULL;
-    uint64_t v;
+    int n = 0;
 
     if (copy == NULL)
         return -1;
-    bn->nsizes = 0;
     for (char *t = strtok_r(copy, ",", &save); t != NULL;
          t = strtok_r(NULL, ",", &save)) {
-        if (bn->nsizes == BENCH_MAX_SIZES || cli_parse_u64(t, &v) != 0 ||
-            v > 64 * 1024 * 1024) {
+        if (n == max || cli_parse_u64(t, &out[n]) != 0 || out[n] < lo ||
+            out[n] > hi) {
             free(copy);
             return -1;
         }
-        bn->sizes[bn->nsizes++] = (size_t)v;
+        n++;
     }
     free(copy);
-    return bn->nsizes > 0 ? 0 : -1;
+    return n > 0 ? n : -1;
 }
 
 static int
@@ -932,62 +585,26 @@ s_parse_modes(bench *bn, const char *arg)
     bn->modes = 0;
     for (char *t = strtok_r(copy, ",", &save); t != NULL;
          t = strtok_r(NULL, ",", &save)) {
-        if (!strcmp(t, "raw"))
-            bn->modes |= MODE_RAW;
-        else if (!strcmp(t, "none"))
-            bn->modes |= MODE_NONE;
-        else if (!strcmp(t, "sequenced"))
-            bn->modes |= MODE_SEQ;
-        else if (!strcmp(t, "durable"))
-            bn->modes |= MODE_DURABLE;
-        else {
+        int bits = 0;
+        for (size_t m = 0; m < NMODES && !bits; m++)
+            if (!strcmp(t, s_modes[m].name))
+                bits = s_modes[m].bit;
+        for (size_t g = 0; g < sizeof s_groups / sizeof s_groups[0] && !bits;
+             g++)
+            if (!strcmp(t, s_groups[g].name))
+                bits = s_groups[g].bits;
+        if (!bits) {
+            fprintf(stderr,
+                    "snapbus bench: --modes: no mode '%s' (see "
+                    "--help)\n",
+                    t);
             free(copy);
             return -1;
         }
+        bn->modes |= bits;
     }
     free(copy);
     return bn->modes ? 0 : -1;
-}
-
-static void
-s_print(const bench *bn, const result *res, int n)
-{
-    if (bn->json) {
-        printf("{\"events\":%" PRIu64 ",\"window\":%u,\"aggregates\":%d,"
-               "\"results\":[",
-               bn->events, bn->window, bn->aggregates);
-        for (int i = 0; i < n; i++) {
-            const result *r = &res[i];
-            printf("%s\n {\"mode\":\"%s\",\"size\":%zu,\"events\":%" PRIu64
-                   ",\"seconds\":%.6f,\"rate\":%.0f,\"ratio\":%.4f,"
-                   "\"lost\":%" PRIu64 ",\"dup\":%" PRIu64
-                   ",\"refused\":%" PRIu64 ",\"ok\":%s",
-                   i ? "," : "", r->mode, r->size, r->events, r->seconds,
-                   r->rate, r->ratio, r->lost, r->dup, r->refused,
-                   r->ok ? "true" : "false");
-            if (r->vs_plain > 0)
-                printf(",\"vs_plain\":%.4f", r->vs_plain);
-            printf("}");
-        }
-        printf("\n]}\n");
-        return;
-    }
-    printf("%-16s %7s %10s %14s %8s %10s %8s %8s%s\n", "mode", "size",
-           "events", "rate (ev/s)", "vs raw", "lost", "dup", "refused",
-           bn->curve || bn->pids ? "  vs plain" : "");
-    for (int i = 0; i < n; i++) {
-        const result *r = &res[i];
-        char ratio[16] = "-";
-        if (r->ratio > 0)
-            snprintf(ratio, sizeof ratio, "%.2f", r->ratio);
-        char vs[24] = "";
-        if (r->vs_plain > 0)
-            snprintf(vs, sizeof vs, "  %8.2f", r->vs_plain);
-        printf("%-16s %7zu %10" PRIu64 " %14.0f %8s %10" PRIu64 " %8" PRIu64
-               " %8" PRIu64 "%s%s\n",
-               r->mode, r->size, r->events, r->rate, ratio, r->lost, r->dup,
-               r->refused, vs, r->ok ? "" : "  (incomplete)");
-    }
 }
 
 static int
@@ -1007,17 +624,147 @@ s_rmdir(const char *dir)
     return nftw(dir, s_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The rows of one run, in order, into res (at most max); returns how
+ * many, or -1 if res would overflow. count_only: just count. *failed is
+ * set when a run could not be made. */
+static int
+s_one_run(bench *bn, int run, result *res, int max, int count_only, int total,
+          int *failed)
+{
+    static const int tput[] = {MODE_NONE, MODE_NONE_LOSSY, MODE_SEQ, MODE_PUBD,
+                               MODE_DURABLE};
+    static const int lat[] = {MODE_LAT_SEQ, MODE_LAT_PUBD, MODE_LAT_DURABLE,
+                              MODE_LAT_DELIVER};
+    int n = 0;
+    result scratch; /* count_only: the rows go nowhere */
+
+#define ROW(label_fmt, ...)                                                    \
+    if (n == max)                                                              \
+        return -1;                                                             \
+    result *r = count_only ? &scratch : &res[n];                               \
+    memset(r, 0, sizeof *r);                                                   \
+    r->plain = -1;                                                             \
+    r->cpu_us = -1;                                                            \
+    if (!count_only)                                                           \
+        s_step("snapbus bench: run %d/%d, step %d/%d: " label_fmt, run + 1,    \
+               bn->nruns, n + 1, total, __VA_ARGS__);
+
+    if (bn->modes & MODE_FSYNC) {
+        ROW("%s", "fsync");
+        if (!count_only && cli_bench_fsync(bn, r) != 0)
+            *failed = 1;
+        r->mode = "fsync";
+        n++;
+    }
+    for (int si = 0; si < bn->nsizes; si++) {
+        size_t size = bn->sizes[si];
+        static const struct {
+            int bit;
+            const char *name;
+        } base[] = {{MODE_RAW, "raw"},
+                    {MODE_FWD, "forwarder"},
+                    {MODE_ECHO_PIPE, "echo-pipelined"},
+                    {MODE_ECHO, "echo"}};
+        for (size_t b = 0; b < sizeof base / sizeof base[0]; b++) {
+            if (!(bn->modes & base[b].bit))
+                continue;
+            ROW("%s %zu B", base[b].name, size);
+            int rc = 0;
+            if (!count_only) {
+                if (base[b].bit == MODE_RAW)
+                    rc = cli_bench_raw(bn, size, r);
+                else if (base[b].bit == MODE_FWD)
+                    rc = cli_bench_forwarder(bn, size, r);
+                else
+                    rc = cli_bench_echo(
+                        bn, size, base[b].bit == MODE_ECHO ? 1 : bn->window, r);
+            }
+            if (rc != 0)
+                *failed = 1;
+            r->mode = base[b].name;
+            r->size = size;
+            n++;
+        }
+        for (int ai = 0; ai < bn->naggs; ai++) {
+            for (size_t m = 0; m < sizeof tput / sizeof tput[0]; m++) {
+                if (!(bn->modes & tput[m]))
+                    continue;
+                int plain = n;
+                for (int v = 0; v < 1 + bn->curve + bn->pids; v++) {
+                    /* v: 0 plain, then CURVE (if --curve), then producer
+                     * ids (if --producer-ids). */
+                    int cv = bn->curve && v == 1;
+                    int pid = v > 0 && !cv;
+                    static const char *const sfx[] = {"", "+curve", "+pid"};
+                    const char *name = "";
+                    for (size_t k = 0; k < NMODES; k++)
+                        if (s_modes[k].bit == tput[m])
+                            name = s_modes[k].name;
+                    ROW("%s%s %zu B, %d aggregates", name,
+                        sfx[cv    ? 1
+                            : pid ? 2
+                                  : 0],
+                        size, bn->aggs[ai]);
+                    if (!count_only) {
+                        s_curve_use(bn, cv);
+                        bn->producer_now = pid ? "bench-producer" : NULL;
+                        if (cli_bench_broker_mode(bn, tput[m], size,
+                                                  bn->aggs[ai], r) != 0)
+                            *failed = 1;
+                        s_curve_use(bn, 0);
+                        bn->producer_now = NULL;
+                    }
+                    if (v > 0) {
+                        /* Names with a lifetime: static strings. */
+                        static char names[3][5][24];
+                        snprintf(names[cv ? 1 : 2][m], 24, "%s%s", name,
+                                 sfx[cv ? 1 : 2]);
+                        r->mode = names[cv ? 1 : 2][m];
+                        r->plain = plain;
+                    } else {
+                        r->mode = name;
+                    }
+                    r->size = size;
+                    r->aggregates = bn->aggs[ai];
+                    n++;
+                }
+            }
+        }
+        for (size_t m = 0; m < sizeof lat / sizeof lat[0]; m++) {
+            if (!(bn->modes & lat[m]))
+                continue;
+            const char *name = "";
+            for (size_t k = 0; k < NMODES; k++)
+                if (s_modes[k].bit == lat[m])
+                    name = s_modes[k].name;
+            ROW("%s %zu B", name, size);
+            if (!count_only &&
+                cli_bench_broker_mode(bn, lat[m], size, bn->aggs[0], r) != 0)
+                *failed = 1;
+            r->mode = name;
+            r->size = size;
+            r->aggregates = bn->aggs[0];
+            r->lat = 1;
+            n++;
+        }
+    }
+#undef ROW
+    return n;
+}
+
 int
 cli_bench(int argc, char **argv)
 {
     static const struct option lo[] = {
         {"events", required_argument, NULL, 'n'},
+        {"lat-events", required_argument, NULL, 'l'},
         {"sizes", required_argument, NULL, 's'},
         {"window", required_argument, NULL, 'w'},
+        {"aggregates", required_argument, NULL, 'g'},
+        {"runs", required_argument, NULL, 'r'},
         {"broker", required_argument, NULL, 'b'},
         {"broker-arg", required_argument, NULL, 'A'},
         {"modes", required_argument, NULL, 'm'},
-        {"aggregates", required_argument, NULL, 'g'},
         {"batch-events", required_argument, NULL, 'E'},
         {"batch-bytes", required_argument, NULL, 'B'},
         {"keep", no_argument, NULL, 'k'},
@@ -1027,31 +774,54 @@ cli_bench(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     bench bn = {.events = 1000000,
+                .lat_events = 10000,
                 .sizes = {100, 1000},
                 .nsizes = 2,
+                .aggs = {16},
+                .naggs = 1,
                 .window = 64,
                 .batch_events = 1000,
                 .batch_bytes = 256 * 1024,
-                .aggregates = 16,
-                .stall_ms = 5000,
-                .modes = MODE_RAW | MODE_NONE | MODE_SEQ | MODE_DURABLE};
+                .stall_ms = 30000,
+                .nruns = 1,
+                .modes = MODES_DEFAULT};
     int c, v;
-    uint64_t u;
+    uint64_t u, list[BENCH_MAX_SIZES];
 
-    while ((c = getopt_long(argc, argv, "n:s:w:b:A:m:g:E:B:kCPjh", lo, NULL)) !=
-           -1) {
-        int bad = 0;
+    while ((c = getopt_long(argc, argv, "n:l:s:w:g:r:b:A:m:E:B:kCPjh", lo,
+                            NULL)) != -1) {
+        int bad = 0, k;
         switch (c) {
         case 'n':
             bad = cli_parse_u64(optarg, &bn.events) != 0 || bn.events == 0 ||
                   bn.events > ((uint64_t)1 << 36);
             break;
+        case 'l':
+            bad = cli_parse_u64(optarg, &bn.lat_events) != 0 ||
+                  bn.lat_events == 0 || bn.lat_events > 100000000;
+            break;
         case 's':
-            bad = s_parse_sizes(&bn, optarg) != 0;
+            bad = (k = s_parse_list(optarg, list, BENCH_MAX_SIZES, 0,
+                                    64 * 1024 * 1024)) < 0;
+            for (int i = 0; !bad && i < k; i++)
+                bn.sizes[i] = (size_t)list[i];
+            if (!bad)
+                bn.nsizes = k;
             break;
         case 'w':
             bad = cli_parse_int(optarg, 1, 1 << 20, &v) != 0;
             bn.window = (uint32_t)v;
+            break;
+        case 'g':
+            bad =
+                (k = s_parse_list(optarg, list, BENCH_MAX_AGGS, 1, 100000)) < 0;
+            for (int i = 0; !bad && i < k; i++)
+                bn.aggs[i] = (int)list[i];
+            if (!bad)
+                bn.naggs = k;
+            break;
+        case 'r':
+            bad = cli_parse_int(optarg, 1, 63, &bn.nruns) != 0;
             break;
         case 'b':
             bn.broker = optarg;
@@ -1063,9 +833,6 @@ cli_bench(int argc, char **argv)
             break;
         case 'm':
             bad = s_parse_modes(&bn, optarg) != 0;
-            break;
-        case 'g':
-            bad = cli_parse_int(optarg, 1, 100000, &bn.aggregates);
             break;
         case 'E':
             bad = cli_parse_u64(optarg, &u) != 0 || u == 0 || u > UINT32_MAX;
@@ -1095,7 +862,10 @@ cli_bench(int argc, char **argv)
             return CLI_USAGE;
         }
         if (bad) {
-            fprintf(stderr, "snapbus bench: bad value for option -%c\n", c);
+            fprintf(stderr,
+                    "snapbus bench: bad value '%s' for option -%c "
+                    "(see --help for the ranges)\n",
+                    optarg, c);
             return CLI_USAGE;
         }
     }
@@ -1104,87 +874,57 @@ cli_bench(int argc, char **argv)
                 argv[optind]);
         return CLI_USAGE;
     }
+    s_tty = isatty(2);
     const char *tmp = getenv("TMPDIR");
     snprintf(bn.dir, sizeof bn.dir, "%s/snapbus-bench-XXXXXX",
              tmp && *tmp ? tmp : "/tmp");
-    if ((bn.modes & (MODE_NONE | MODE_SEQ | MODE_DURABLE)) &&
-        mkdtemp(bn.dir) == NULL) {
+    if (mkdtemp(bn.dir) == NULL) {
         perror("snapbus bench: mkdtemp");
         return CLI_FAILED;
     }
     /* A subscriber that stops reading must not kill us through SIGPIPE
      * on a pipe we print to; and a broker that dies is seen via waitpid. */
     signal(SIGPIPE, SIG_IGN);
-    if (bn.curve && !(bn.modes & (MODE_NONE | MODE_SEQ | MODE_DURABLE)))
-        bn.curve = 0; /* raw ZeroMQ only: nothing to compare */
+    if (!(bn.modes &
+          (MODE_NONE | MODE_NONE_LOSSY | MODE_SEQ | MODE_PUBD | MODE_DURABLE)))
+        bn.curve = bn.pids = 0; /* nothing to compare */
     if (bn.curve && s_curve_setup(&bn) != 0) {
         s_rmdir(bn.dir);
         return CLI_FAILED;
     }
 
-    result res[10 * BENCH_MAX_SIZES];
-    int n = 0, failed = 0, lossy = 0;
-    for (int i = 0; i < bn.nsizes; i++) {
-        size_t size = bn.sizes[i];
-        double raw = 0;
-        if (bn.modes & MODE_RAW) {
-            memset(&res[n], 0, sizeof res[n]);
-            if (s_run_raw(&bn, size, &res[n]) != 0)
-                failed = 1;
-            raw = res[n].rate;
-            res[n].ratio = raw > 0 ? 1.0 : 0;
-            n++;
-        }
-        static const int broker_modes[] = {MODE_NONE, MODE_SEQ, MODE_DURABLE};
-        static const char *const curve_names[] = {
-            "none+curve", "sequenced+curve", "durable+curve"};
-        for (int m = 0; m < 3; m++) {
-            if (!(bn.modes & broker_modes[m]))
-                continue;
-            /* With --curve, the CURVE run right after the plain one, so
-             * both see the machine in the same state. */
-            for (int cv = 0; cv <= bn.curve; cv++) {
-                s_curve_use(&bn, cv);
-                if (s_run_broker_mode(&bn, broker_modes[m], size, &res[n]) != 0)
-                    failed = 1;
-                res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
-                if (cv) {
-                    res[n].mode = curve_names[m];
-                    res[n].vs_plain =
-                        res[n - 1].rate > 0 ? res[n].rate / res[n - 1].rate : 0;
-                }
-                n++;
-            }
-            s_curve_use(&bn, 0);
-            if (bn.pids) {
-                static const char *const pid_names[] = {
-                    "none+pid", "sequenced+pid", "durable+pid"};
-                int plain = n - 1 - bn.curve;
-                s_producer_now = "bench-producer";
-                if (s_run_broker_mode(&bn, broker_modes[m], size, &res[n]) != 0)
-                    failed = 1;
-                s_producer_now = NULL;
-                res[n].ratio = raw > 0 ? res[n].rate / raw : 0;
-                res[n].mode = pid_names[m];
-                res[n].vs_plain =
-                    res[plain].rate > 0 ? res[n].rate / res[plain].rate : 0;
-                n++;
-            }
-        }
-        if (!bn.json) {
-            /* Progress on stderr: a full run takes a while. */
-            fprintf(stderr, "snapbus bench: size %zu done\n", size);
-        }
+    int failed = 0, lossy = 0;
+    int rows = s_one_run(&bn, 0, NULL, INT_MAX, 1, 0, &failed);
+    result **runs = calloc((size_t)bn.nruns, sizeof *runs);
+    result *out = calloc((size_t)rows + 1, sizeof *out);
+    for (int k = 0; runs != NULL && k < bn.nruns; k++)
+        runs[k] = calloc((size_t)rows + 1, sizeof **runs);
+    if (runs == NULL || out == NULL || runs[bn.nruns - 1] == NULL) {
+        fprintf(stderr, "snapbus bench: out of memory\n");
+        failed = 1;
+        rows = 0;
     }
-    for (int i = 0; i < n; i++)
-        lossy |= res[i].lost > 0 || res[i].dup > 0 || res[i].refused > 0;
-    s_print(&bn, res, n);
+    for (int k = 0; k < bn.nruns && rows > 0; k++)
+        s_one_run(&bn, k, runs[k], rows, 0, rows, &failed);
+    s_step_clear();
+    for (int i = 0; i < rows; i++)
+        s_merge(runs, bn.nruns, i, &out[i]);
+    s_ratios(out, rows);
+    for (int i = 0; i < rows; i++)
+        lossy |= (!out[i].lossy && out[i].lost > 0) || out[i].dup > 0 ||
+                 out[i].refused > 0;
+    if (bn.json)
+        s_print_json(&bn, out, rows);
+    else
+        s_print_table(&bn, out, rows);
     fflush(stdout);
-    if (bn.modes & (MODE_NONE | MODE_SEQ | MODE_DURABLE)) {
-        if (bn.keep)
-            fprintf(stderr, "snapbus bench: broker logs kept in %s\n", bn.dir);
-        else if (s_rmdir(bn.dir) != 0)
-            fprintf(stderr, "snapbus bench: could not remove %s\n", bn.dir);
-    }
+    for (int k = 0; runs != NULL && k < bn.nruns; k++)
+        free(runs[k]);
+    free(runs);
+    free(out);
+    if (bn.keep)
+        fprintf(stderr, "snapbus bench: broker logs kept in %s\n", bn.dir);
+    else if (s_rmdir(bn.dir) != 0)
+        fprintf(stderr, "snapbus bench: could not remove %s\n", bn.dir);
     return failed ? CLI_FAILED : lossy ? CLI_REFUSED : CLI_OK;
 }

@@ -17,63 +17,39 @@
 
 #include "cli.h"
 #include "cli_rec.h"
-#include "sb_varint.h"
+#include "sb_pbwire.h"
 #include <snapbus/snapbus.h>
 
 /* ---- the file format -------------------------------------------------- */
 
-enum { WT_VARINT = 0, WT_LEN = 2 };
+/* A record's body is a protobuf Event (proto/snapbus.proto). */
 
 static size_t
-s_str_size(const char *s)
+s_str_size(uint32_t field, const char *s)
 {
-    size_t n = s ? strlen(s) : 0;
-    return n ? 1 + sb_varint_len(n) + n : 0;
-}
-
-static size_t
-s_uint_size(uint64_t v)
-{
-    return v ? 1 + sb_varint_len(v) : 0;
+    return sb_pb_bytes_size(field, s ? strlen(s) : 0);
 }
 
 size_t
 cli_rec_size(const sb_pub_event *ev)
 {
-    return s_str_size(ev->aggregate) + s_str_size(ev->type) +
-           (ev->payload_len ? 1 + sb_varint_len(ev->payload_len) + ev->payload_len
-                            : 0) +
-           s_str_size(ev->event_id) +
-           s_uint_size(ev->has_source_pos ? ev->source_pos : 0) +
-           s_uint_size(ev->caused_by) + s_str_size(ev->producer_id) +
-           s_uint_size(ev->producer_seq) + s_uint_size(ev->client_ts_ms) +
-           s_uint_size(ev->has_source_pos != 0);
+    return s_str_size(SB_PB_EVENT_AGGREGATE, ev->aggregate) +
+           s_str_size(SB_PB_EVENT_TYPE, ev->type) +
+           sb_pb_bytes_size(SB_PB_EVENT_PAYLOAD, ev->payload_len) +
+           s_str_size(SB_PB_EVENT_EVENT_ID, ev->event_id) +
+           sb_pb_uint_size(SB_PB_EVENT_SOURCE_POS,
+                           ev->has_source_pos ? ev->source_pos : 0) +
+           sb_pb_uint_size(SB_PB_EVENT_CAUSED_BY, ev->caused_by) +
+           s_str_size(SB_PB_EVENT_PRODUCER_ID, ev->producer_id) +
+           sb_pb_uint_size(SB_PB_EVENT_PRODUCER_SEQ, ev->producer_seq) +
+           sb_pb_uint_size(SB_PB_EVENT_CLIENT_TS_MS, ev->client_ts_ms) +
+           sb_pb_uint_size(SB_PB_EVENT_HAS_SOURCE_POS, ev->has_source_pos != 0);
 }
 
 static uint8_t *
-s_put_bytes(uint8_t *p, unsigned num, const void *s, size_t n)
+s_put_str(uint8_t *p, uint32_t field, const char *s)
 {
-    if (n == 0)
-        return p;
-    *p++ = (uint8_t)(num << 3 | WT_LEN);
-    p = sb_varint_put(p, n);
-    memcpy(p, s, n);
-    return p + n;
-}
-
-static uint8_t *
-s_put_str(uint8_t *p, unsigned num, const char *s)
-{
-    return s_put_bytes(p, num, s, s ? strlen(s) : 0);
-}
-
-static uint8_t *
-s_put_uint(uint8_t *p, unsigned num, uint64_t v)
-{
-    if (v == 0)
-        return p;
-    *p++ = (uint8_t)(num << 3 | WT_VARINT);
-    return sb_varint_put(p, v);
+    return sb_pb_put_bytes(p, field, s, s ? strlen(s) : 0);
 }
 
 int
@@ -93,16 +69,17 @@ cli_rec_write(FILE *f, const sb_pub_event *ev)
     buf[2] = (uint8_t)(n >> 16);
     buf[3] = (uint8_t)(n >> 24);
     p = buf + 4;
-    p = s_put_str(p, 1, ev->aggregate);
-    p = s_put_str(p, 2, ev->type);
-    p = s_put_bytes(p, 3, ev->payload, ev->payload_len);
-    p = s_put_str(p, 4, ev->event_id);
-    p = s_put_uint(p, 5, ev->has_source_pos ? ev->source_pos : 0);
-    p = s_put_uint(p, 6, ev->caused_by);
-    p = s_put_str(p, 7, ev->producer_id);
-    p = s_put_uint(p, 8, ev->producer_seq);
-    p = s_put_uint(p, 9, ev->client_ts_ms);
-    p = s_put_uint(p, 10, ev->has_source_pos != 0);
+    p = s_put_str(p, SB_PB_EVENT_AGGREGATE, ev->aggregate);
+    p = s_put_str(p, SB_PB_EVENT_TYPE, ev->type);
+    p = sb_pb_put_bytes(p, SB_PB_EVENT_PAYLOAD, ev->payload, ev->payload_len);
+    p = s_put_str(p, SB_PB_EVENT_EVENT_ID, ev->event_id);
+    p = sb_pb_put_uint(p, SB_PB_EVENT_SOURCE_POS,
+                       ev->has_source_pos ? ev->source_pos : 0);
+    p = sb_pb_put_uint(p, SB_PB_EVENT_CAUSED_BY, ev->caused_by);
+    p = s_put_str(p, SB_PB_EVENT_PRODUCER_ID, ev->producer_id);
+    p = sb_pb_put_uint(p, SB_PB_EVENT_PRODUCER_SEQ, ev->producer_seq);
+    p = sb_pb_put_uint(p, SB_PB_EVENT_CLIENT_TS_MS, ev->client_ts_ms);
+    p = sb_pb_put_uint(p, SB_PB_EVENT_HAS_SOURCE_POS, ev->has_source_pos != 0);
     int rc = fwrite(buf, 1, n + 4, f) == n + 4 ? 0 : -1;
     if (buf != stackbuf)
         free(buf);
@@ -126,7 +103,9 @@ s_text(cli_rec *r, size_t *used, const uint8_t *s, size_t n)
 static int
 s_decode(cli_rec *r, size_t len, const char **why)
 {
-    const uint8_t *p = r->buf, *end = r->buf + len;
+    sb_pb_reader rd;
+    sb_pb_field f;
+    int got;
     size_t used = 0;
     sb_pub_event *ev = &r->ev;
 
@@ -142,52 +121,38 @@ s_decode(cli_rec *r, size_t len, const char **why)
         r->textcap = cap;
     }
     memset(ev, 0, sizeof *ev);
-    while (p < end) {
-        uint64_t key, v;
-        if (sb_varint_get(&p, end, &key) != 0)
-            goto bad;
-        unsigned num = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-        if (wt == WT_VARINT) {
-            if (sb_varint_get(&p, end, &v) != 0)
-                goto bad;
-            switch (num) {
-            case 5: ev->source_pos = v; break;
-            case 6: ev->caused_by = v; break;
-            case 8: ev->producer_seq = v; break;
-            case 9: ev->client_ts_ms = v; break;
-            case 10: ev->has_source_pos = v != 0; break;
+    sb_pb_reader_init(&rd, r->buf, len);
+    while ((got = sb_pb_next(&rd, &f)) == 1) {
+        const char **str = NULL;
+        if (f.wt == SB_PB_VARINT) {
+            switch (f.num) {
+            case SB_PB_EVENT_SOURCE_POS: ev->source_pos = f.v; break;
+            case SB_PB_EVENT_CAUSED_BY: ev->caused_by = f.v; break;
+            case SB_PB_EVENT_PRODUCER_SEQ: ev->producer_seq = f.v; break;
+            case SB_PB_EVENT_CLIENT_TS_MS: ev->client_ts_ms = f.v; break;
+            case SB_PB_EVENT_HAS_SOURCE_POS: ev->has_source_pos = f.v != 0; break;
             default: break; /* unknown: skipped, as protobuf does */
             }
             continue;
         }
-        if (wt != WT_LEN || sb_varint_get(&p, end, &v) != 0 ||
-            v > (uint64_t)(end - p))
-            goto bad;
-        const uint8_t *s = p;
-        size_t n = (size_t)v;
-        p += n;
-        const char *t = NULL;
-        switch (num) {
-        case 3:
-            ev->payload = s;
-            ev->payload_len = n;
+        if (f.wt != SB_PB_LEN)
             continue;
-        case 1: case 2: case 4: case 7:
-            if ((t = s_text(r, &used, s, n)) == NULL)
-                goto bad;
-            break;
-        default:
+        switch (f.num) {
+        case SB_PB_EVENT_PAYLOAD:
+            ev->payload = f.ptr;
+            ev->payload_len = f.len;
             continue;
+        case SB_PB_EVENT_AGGREGATE: str = &ev->aggregate; break;
+        case SB_PB_EVENT_TYPE: str = &ev->type; break;
+        case SB_PB_EVENT_EVENT_ID: str = &ev->event_id; break;
+        case SB_PB_EVENT_PRODUCER_ID: str = &ev->producer_id; break;
+        default: continue;
         }
-        if (num == 1)
-            ev->aggregate = t;
-        else if (num == 2)
-            ev->type = t;
-        else if (num == 4)
-            ev->event_id = t;
-        else
-            ev->producer_id = t;
+        if ((*str = s_text(r, &used, f.ptr, f.len)) == NULL)
+            goto bad;
     }
+    if (got < 0)
+        goto bad;
     if (ev->aggregate == NULL || ev->type == NULL) {
         *why = "an event without aggregate or type";
         return -1;

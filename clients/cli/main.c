@@ -22,7 +22,7 @@ s_usage(FILE *f)
             "commands:\n"
             "  pub     publish events (arguments or stdin lines)\n"
             "  sub     print snapshot batches as they are published\n"
-            "  bench   measure throughput against raw ZeroMQ\n"
+            "  bench   measure throughput, latency, broker CPU (vs ZeroMQ)\n"
             "  log     inspect a broker's on-disk log: info, dump, verify\n"
             "  stat    live figures of a running broker (its /metrics)\n"
             "  replay  publish a recorded history file as a burst\n"

@@ -299,7 +299,7 @@ s_req_matches(const sbc_fetch_req *q, const s_batch *b)
 }
 
 static sb_err
-s_t_fetch(void *ctx, const sbc_fetch_req *q, sbc_page_info *info,
+s_t_fetch(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
           sb_snapshot **out, int wait_ms, int fresh)
 {
     (void) ctx, (void) fresh;

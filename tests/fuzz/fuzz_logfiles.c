@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "fuzz.h"
+#include "fuzz_log.h"
 #include "sb_crc32c.h"
 #include "sb_log.h"
 #include "sb_store.h"
@@ -38,46 +39,6 @@
 
 static char s_dir[256];
 
-static uint32_t
-s_get32(const uint8_t *p)
-{
-    return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
-           (uint32_t) p[3] << 24;
-}
-
-static void
-s_put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t) (v >> (8 * i));
-}
-
-static void
-s_put64(uint8_t *p, uint64_t v)
-{
-    s_put32(p, (uint32_t) v);
-    s_put32(p + 4, (uint32_t) (v >> 32));
-}
-
-/* Makes every record header in buf[off..len) carry the magic and a right
- * CRC, as far as the lengths chain. */
-static void
-s_fix_records(uint8_t *buf, size_t len, size_t off)
-{
-    while (len - off >= SB_STORE_REC_HDR) {
-        uint8_t *h = buf + off;
-        s_put32(h, 0x4C425352u); /* "RSBL" */
-        h[16] = h[16] & 1 ? SB_REC_EVENT : SB_REC_BATCH;
-        h[17] = h[18] = h[19] = 0;
-        uint32_t body = s_get32(h + 4);
-        if (body > len - off - SB_STORE_REC_HDR)
-            return; /* a torn tail: left as it is */
-        uint32_t crc = sb_crc32c(0, h, 20);
-        s_put32(h + 20, sb_crc32c(crc, h + SB_STORE_REC_HDR, body));
-        off += SB_STORE_REC_HDR + body;
-    }
-}
-
 /* Segment 1's header, valid, with the base seq and batch id it held. */
 static void
 s_fix_seghdr(uint8_t *buf, size_t len)
@@ -86,12 +47,12 @@ s_fix_seghdr(uint8_t *buf, size_t len)
         return;
     uint64_t base_seq = buf[24] ? buf[24] : 1, base_batch = buf[32] ? buf[32] : 1;
     memcpy(buf, "SBLOGSEG", 8);
-    s_put32(buf + 8, 1);
-    s_put32(buf + 12, SB_STORE_SEG_HDR);
-    s_put64(buf + 16, 1);
-    s_put64(buf + 24, base_seq);
-    s_put64(buf + 32, base_batch);
-    s_put32(buf + 60, sb_crc32c(0, buf, 60));
+    fuzz_put32(buf + 8, 1);
+    fuzz_put32(buf + 12, SB_STORE_SEG_HDR);
+    fuzz_put64(buf + 16, 1);
+    fuzz_put64(buf + 24, base_seq);
+    fuzz_put64(buf + 32, base_batch);
+    fuzz_put32(buf + 60, sb_crc32c(0, buf, 60));
 }
 
 static void
@@ -234,14 +195,6 @@ s_recover(void)
     }
 }
 
-/* Log lines are still formatted (their arguments come from the input),
- * then dropped. */
-static void
-s_quiet(sb_log_level lvl, const char *line, void *ctx)
-{
-    (void) lvl, (void) line, (void) ctx;
-}
-
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -250,7 +203,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     (void) argc, (void) argv;
     snprintf(s_dir, sizeof s_dir, "%s/sb-fuzz-store.XXXXXX", tmp ? tmp : "/tmp");
     FUZZ_CHECK(mkdtemp(s_dir) != NULL);
-    sb_log_set_sink(s_quiet, NULL);
+    /* Log lines are still formatted (their arguments come from the
+     * input), then dropped. */
+    sb_log_set_sink(sb_log_discard, NULL);
     return 0;
 }
 
@@ -292,9 +247,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fix) {
         s_fix_seghdr(buf, seg_len);
         if (seg_len > SB_STORE_SEG_HDR)
-            s_fix_records(buf, seg_len, SB_STORE_SEG_HDR);
+            fuzz_fix_records(buf, seg_len, SB_STORE_SEG_HDR);
         if (ckp_len >= 68)
-            s_put32(ckp + ckp_len - 4, sb_crc32c(0, ckp, ckp_len - 4));
+            fuzz_put32(ckp + ckp_len - 4, sb_crc32c(0, ckp, ckp_len - 4));
     }
     s_write(S_SEG_NAME, buf, seg_len);
     if (ckp != NULL)

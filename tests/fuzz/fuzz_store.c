@@ -15,41 +15,9 @@
 #include <string.h>
 
 #include "fuzz.h"
+#include "fuzz_log.h"
 #include "sb_crc32c.h"
 #include "sb_store.h"
-
-static uint32_t
-s_get32(const uint8_t *p)
-{
-    return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 |
-           (uint32_t) p[3] << 24;
-}
-
-static void
-s_put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t) (v >> (8 * i));
-}
-
-/* Makes every record header in buf[off..len) carry the magic and a right
- * CRC, as far as the lengths chain. */
-static void
-s_fix_records(uint8_t *buf, size_t len, size_t off)
-{
-    while (len - off >= SB_STORE_REC_HDR) {
-        uint8_t *h = buf + off;
-        s_put32(h, 0x4C425352u); /* "RSBL" */
-        h[16] = h[16] & 1 ? SB_REC_EVENT : SB_REC_BATCH;
-        h[17] = h[18] = h[19] = 0;
-        uint32_t body = s_get32(h + 4);
-        if (body > len - off - SB_STORE_REC_HDR)
-            return; /* a torn tail: left as it is */
-        uint32_t crc = sb_crc32c(0, h, 20);
-        s_put32(h + 20, sb_crc32c(crc, h + SB_STORE_REC_HDR, body));
-        off += SB_STORE_REC_HDR + body;
-    }
-}
 
 static void
 s_check_rec(const sb_store_rec *rec, const uint8_t *base, size_t avail)
@@ -200,7 +168,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(buf, data + 1, len);
     if (data[0] & 4)
-        s_fix_records(buf, len, 0);
+        fuzz_fix_records(buf, len, 0);
     s_decode_run(buf, len);
     free(buf);
     return 0;

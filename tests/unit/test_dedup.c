@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include <cmocka.h> /* after the four above, which it needs */
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,14 +31,6 @@ typedef struct {
     sb_event ev;
 } fx;
 
-static void
-s_quiet(sb_log_level lvl, const char *line, void *ctx)
-{
-    (void)lvl;
-    (void)line;
-    (void)ctx;
-}
-
 static int
 setup(void **state)
 {
@@ -51,7 +44,7 @@ setup(void **state)
     f->cfg.event_id_age_s = 60;
     f->now = 1000;
     f->next_seq = 1;
-    sb_log_set_sink(s_quiet, NULL);
+    sbt_log_quiet();
     *state = f;
     return 0;
 }
@@ -62,7 +55,7 @@ teardown(void **state)
     fx *f = *state;
 
     sb_dedup_destroy(&f->d);
-    sb_log_set_sink(NULL, NULL);
+    sbt_log_restore();
     free(f);
     return 0;
 }
@@ -375,10 +368,10 @@ static void
 test_rebuild_from_the_log_remembers(void **state)
 {
     fx *f = *state;
-    char dir[] = "/tmp/sbtest-dedup.XXXXXX", cmd[64];
+    char dir[64];
     sb_dedup_orig o;
 
-    assert_non_null(mkdtemp(dir));
+    sbt_tmpdir(dir, sizeof dir, "dedup");
     s_write_log(dir, 1000); /* P and Q: producer seqs 1..500 each */
     f->cfg.producer_window = 1000;
     f->cfg.event_ids = 1000;
@@ -408,8 +401,7 @@ test_rebuild_from_the_log_remembers(void **state)
     assert_int_equal(s_offer(f, s_pev(f, "P", 400), NULL), SB_DEDUP_BEYOND);
     assert_int_equal(s_offer(f, s_pev(f, "Q", 3), NULL), SB_DEDUP_BEYOND);
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    sbt_rmtree(dir);
 }
 
 static void
@@ -497,8 +489,8 @@ test_cost_per_event_printed(void **state)
     /* Rebuild rate: 200,000 events, each with a producer id, then each
      * also with an event id. */
     for (int with_ids = 0; with_ids < 2; with_ids++) {
-        char dir[] = "/tmp/sbtest-dedup.XXXXXX", cmd[64];
-        assert_non_null(mkdtemp(dir));
+        char dir[64];
+        sbt_tmpdir(dir, sizeof dir, "dedup");
         s_write_log_ids(dir, 200000, with_ids ? 1 : 1000000000);
         s_open(f);
         uint64_t t0 = sb_clock_mono_ns();
@@ -506,9 +498,47 @@ test_cost_per_event_printed(void **state)
         double ms = (double)(sb_clock_mono_ns() - t0) / 1e6;
         printf("# rebuild of 200000 events%s: %.1f ms (%.0f events/s)\n",
                with_ids ? " with event ids" : "", ms, 200000 / (ms / 1e3));
-        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-        assert_int_equal(system(cmd), 0);
+        sbt_rmtree(dir);
     }
+}
+
+/* The memory budget's cap: past max_bytes the oldest event ids go first,
+ * then least recently used producers (tombstones keep their horizon), and
+ * the index never holds much more than the cap. */
+static void
+test_memory_cap_evicts_ids_then_producers(void **state)
+{
+    fx *f = *state;
+    sb_dedup_stats *st;
+    char id[16];
+
+    f->cfg.producers = 1000;
+    f->cfg.tombstones = 1000;
+    f->cfg.event_ids = 1000;
+    f->cfg.producer_window = 64;
+    f->cfg.max_bytes = 16u << 10;
+    s_open(f);
+    st = sb_dedup_stats_get(f->d);
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        assert_int_equal(s_offer(f, s_iev(f, id), NULL), SB_DEDUP_NEW);
+        assert_true(atomic_load(&st->mem_bytes) <= f->cfg.max_bytes);
+    }
+    assert_true(atomic_load(&st->id_evicted) > 0);
+    assert_int_equal(s_offer(f, s_iev(f, "id-199"), NULL), SB_DEDUP_DUPLICATE);
+    /* Producers with full windows: the ids go, then the oldest producers. */
+    for (int p = 0; p < 20; p++) {
+        snprintf(id, sizeof id, "P%d", p);
+        for (uint64_t q = 1; q <= 64; q++)
+            assert_int_equal(s_offer(f, s_pev(f, id, q), NULL), SB_DEDUP_NEW);
+        assert_true(atomic_load(&st->mem_bytes) <= f->cfg.max_bytes);
+    }
+    assert_int_equal(atomic_load(&st->ids), 0);
+    assert_true(atomic_load(&st->prod_evicted) > 0);
+    /* The newest producer is still answered; an evicted one is refused
+     * at its horizon rather than taken twice. */
+    assert_int_equal(s_offer(f, s_pev(f, "P19", 64), NULL), SB_DEDUP_DUPLICATE);
+    assert_int_equal(s_offer(f, s_pev(f, "P0", 64), NULL), SB_DEDUP_BEYOND);
 }
 
 int
@@ -532,6 +562,8 @@ main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_is_accounted, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_memory_cap_evicts_ids_then_producers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cost_per_event_printed, setup,
                                         teardown),
     };

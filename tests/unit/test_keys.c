@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +31,7 @@ setup(void **state)
         zmq_curve_keypair(f->pub[i], f->sec[i]);
         zmq_z85_decode(f->raw[i], f->pub[i]);
     }
-    snprintf(f->dir, sizeof f->dir, "/tmp/sbt-keys.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    sbt_tmpdir(f->dir, sizeof f->dir, "keys");
     *state = f;
     return 0;
 }
@@ -40,11 +40,8 @@ static int
 teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    sbt_rmtree(f->dir);
     free(f);
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "test_util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -69,21 +70,12 @@ s_fault(sb_os_op op, size_t *len, void *ctx)
     return 0;
 }
 
-static void
-s_quiet(sb_log_level lvl, const char *line, void *ctx)
-{
-    (void)lvl;
-    (void)line;
-    (void)ctx;
-}
-
 static int
 setup(void **state)
 {
     fx_t *f = calloc(1, sizeof *f);
 
-    strcpy(f->dir, "/tmp/sbtest-ls.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    sbt_tmpdir(f->dir, sizeof f->dir, "ls");
     sb_store_config_defaults(&f->cfg);
     snprintf(f->cfg.dir, sizeof f->cfg.dir, "%s/log", f->dir);
     f->cfg.segment_bytes = 1u << 20;
@@ -93,7 +85,7 @@ setup(void **state)
     assert_int_equal(sb_link_new(&f->bout, "bout", sizeof(sb_item), Q), SB_OK);
     assert_int_equal(sb_link_new(&f->rep, "rep", sizeof(sb_item), Q), SB_OK);
     f->next_seq = 1;
-    sb_log_set_sink(s_quiet, NULL);
+    sbt_log_quiet();
     sb_os_set_fault(s_fault, &f->fx);
     *state = f;
     return 0;
@@ -120,7 +112,6 @@ static int
 teardown(void **state)
 {
     fx_t *f = *state;
-    char cmd[128];
 
     sb_logstore_destroy(&f->ls);
     sb_os_set_fault(NULL, NULL);
@@ -132,9 +123,8 @@ teardown(void **state)
     sb_link_destroy(&f->bin);
     sb_link_destroy(&f->bout);
     sb_link_destroy(&f->rep);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
-    sb_log_set_sink(NULL, NULL);
+    sbt_rmtree(f->dir);
+    sbt_log_restore();
     free(f);
     return 0;
 }

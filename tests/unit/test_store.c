@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include "test_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,21 +36,12 @@ typedef struct {
     size_t nreqs, capreqs;
 } fx;
 
-static void
-s_quiet(sb_log_level lvl, const char *line, void *ctx)
-{
-    (void)lvl;
-    (void)line;
-    (void)ctx;
-}
-
 static int
 setup(void **state)
 {
     fx *f = calloc(1, sizeof *f);
 
-    strcpy(f->dir, "/tmp/sbtest-store.XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    sbt_tmpdir(f->dir, sizeof f->dir, "store");
     sb_store_config_defaults(&f->cfg);
     snprintf(f->cfg.dir, sizeof f->cfg.dir, "%s/log", f->dir);
     f->cfg.segment_bytes = 1u << 20;
@@ -57,7 +49,7 @@ setup(void **state)
     f->cfg.retain_age_s = 0;
     f->next_seq = 1;
     f->next_batch = 1;
-    sb_log_set_sink(s_quiet, NULL);
+    sbt_log_quiet();
     *state = f;
     return 0;
 }
@@ -66,15 +58,13 @@ static int
 teardown(void **state)
 {
     fx *f = *state;
-    char cmd[128];
 
     for (size_t i = 0; i < f->nreqs; i++)
         sb_req_unref(f->reqs[i]);
     free(f->reqs);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    sbt_rmtree(f->dir);
     sb_os_set_fault(NULL, NULL);
-    sb_log_set_sink(NULL, NULL);
+    sbt_log_restore();
     free(f);
     return 0;
 }

@@ -170,7 +170,7 @@ fb_t_hello(void *ctx, sbc_hello_info *h, int wait_ms, int fresh)
 
 /* The broker's ring walk (docs/PROTOCOL.md section 9). */
 static sb_err
-fb_t_fetch(void *ctx, const sbc_fetch_req *q, sbc_page_info *info,
+fb_t_fetch(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
            sb_snapshot **out, int wait_ms, int fresh)
 {
     fb *f = ctx;

@@ -64,6 +64,7 @@
 
 #include "sb_utf8.h"
 #include "sbc_curve.h"
+#include "sb_pbwire.h"
 #include "sbc_internal.h"
 #include "sbc_testing.h"
 #include <snapbus/snapbus.h>
@@ -80,12 +81,6 @@
 /* Sent request buffers kept for reuse. */
 #define SBC_POOL_MAX 8
 
-/* Wire tags: (field number << 3) | wire type. */
-enum {
-    TAG_VARINT = 0,
-    TAG_LEN = 2,
-};
-#define TAG(field, type) ((uint8_t)(((field) << 3) | (type)))
 
 typedef struct s_pool s_pool;
 
@@ -744,25 +739,21 @@ static sb_err
 s_seal(sb_publisher *p)
 {
     uint8_t ack = (uint8_t)p->o.ack;
-    size_t ack_len = ack ? 2 : 0;
+    size_t ack_len = sb_pb_uint_size(SB_PB_PUBLISH_ACK, ack);
     size_t pub_len = p->len + ack_len;
     uint64_t id = p->next_id;
-    size_t hdr =
-        2 + 1 + sb_varint_len(id) + 1 + sb_varint_len(pub_len) + ack_len;
+    size_t hdr = sb_pb_uint_size(SB_PB_REQUEST_VERSION, SB_PROTOCOL_VERSION) +
+                 sb_pb_uint_size(SB_PB_REQUEST_REQUEST_ID, id) +
+                 sb_pb_key_size(SB_PB_REQUEST_PUBLISH) +
+                 sb_varint_len(pub_len) + ack_len;
 
     assert(p->nev > 0 && !p->parked && hdr <= SBC_HEADROOM);
     uint8_t *start = p->buf + SBC_HEADROOM - hdr;
     uint8_t *w = start;
-    *w++ = TAG(1, TAG_VARINT);
-    *w++ = SB_PROTOCOL_VERSION;
-    *w++ = TAG(2, TAG_VARINT);
-    w = sb_varint_put(w, id);
-    *w++ = TAG(4, TAG_LEN);
-    w = sb_varint_put(w, pub_len);
-    if (ack) {
-        *w++ = TAG(1, TAG_VARINT);
-        *w++ = ack;
-    }
+    w = sb_pb_put_uint(w, SB_PB_REQUEST_VERSION, SB_PROTOCOL_VERSION);
+    w = sb_pb_put_uint(w, SB_PB_REQUEST_REQUEST_ID, id);
+    w = sb_pb_put_msg_head(w, SB_PB_REQUEST_PUBLISH, pub_len);
+    w = sb_pb_put_uint(w, SB_PB_PUBLISH_ACK, ack);
     assert(w == p->buf + SBC_HEADROOM);
     uint8_t *copy = NULL;
     if (p->resend > 0) {
@@ -868,17 +859,6 @@ typedef struct {
     size_t item;                             /* with its tag and length */
 } s_sizes;
 
-static size_t
-s_len_field(size_t n)
-{
-    return n ? 1 + sb_varint_len(n) + n : 0;
-}
-
-static size_t
-s_varint_field(uint64_t v)
-{
-    return v ? 1 + sb_varint_len(v) : 0;
-}
 
 static sb_err
 s_measure(const sb_pub_event *ev, s_sizes *z)
@@ -904,15 +884,21 @@ s_measure(const sb_pub_event *ev, s_sizes *z)
         return SB_ETOOBIG;
     z->event_id = ev->event_id ? strlen(ev->event_id) : 0;
     z->producer_id = ev->producer_id ? strlen(ev->producer_id) : 0;
-    z->body = s_len_field(z->agg) + s_len_field(z->type) +
-              s_len_field(ev->payload_len) + s_len_field(z->event_id) +
-              (ev->has_source_pos ? 2 + s_varint_field(ev->source_pos) : 0) +
-              s_varint_field(ev->caused_by) + s_len_field(z->producer_id) +
-              s_varint_field(ev->producer_seq) +
-              s_varint_field(ev->client_ts_ms);
+    z->body =
+        sb_pb_bytes_size(SB_PB_EVENT_AGGREGATE, z->agg) +
+        sb_pb_bytes_size(SB_PB_EVENT_TYPE, z->type) +
+        sb_pb_bytes_size(SB_PB_EVENT_PAYLOAD, ev->payload_len) +
+        sb_pb_bytes_size(SB_PB_EVENT_EVENT_ID, z->event_id) +
+        sb_pb_uint_size(SB_PB_EVENT_SOURCE_POS,
+                        ev->has_source_pos ? ev->source_pos : 0) +
+        sb_pb_uint_size(SB_PB_EVENT_HAS_SOURCE_POS, ev->has_source_pos != 0) +
+        sb_pb_uint_size(SB_PB_EVENT_CAUSED_BY, ev->caused_by) +
+        sb_pb_bytes_size(SB_PB_EVENT_PRODUCER_ID, z->producer_id) +
+        sb_pb_uint_size(SB_PB_EVENT_PRODUCER_SEQ, ev->producer_seq) +
+        sb_pb_uint_size(SB_PB_EVENT_CLIENT_TS_MS, ev->client_ts_ms);
     if (z->body > SBC_MAX_ENCODED)
         return SB_ETOOBIG;
-    z->item = 1 + sb_varint_len(z->body) + z->body;
+    z->item = sb_pb_msg_size(SB_PB_PUBLISH_EVENTS, z->body);
     return SB_OK;
 }
 
@@ -978,26 +964,6 @@ s_explain(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z,
         snprintf(w, n, "%s", sb_strerror(rc));
 }
 
-static uint8_t *
-s_put_bytes(uint8_t *w, int field, const void *b, size_t n)
-{
-    if (n == 0)
-        return w;
-    *w++ = TAG(field, TAG_LEN);
-    w = sb_varint_put(w, n);
-    memcpy(w, b, n);
-    return w + n;
-}
-
-static uint8_t *
-s_put_varint(uint8_t *w, int field, uint64_t v)
-{
-    if (v == 0)
-        return w;
-    *w++ = TAG(field, TAG_VARINT);
-    return sb_varint_put(w, v);
-}
-
 static sb_err
 s_append(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z)
 {
@@ -1019,23 +985,20 @@ s_append(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z)
         p->cap = need;
     }
     uint8_t *w = p->buf + SBC_HEADROOM + p->len;
-    *w++ = TAG(2, TAG_LEN); /* Publish.events */
-    w = sb_varint_put(w, z->body);
-    w = s_put_bytes(w, 1, ev->aggregate, z->agg);
-    w = s_put_bytes(w, 2, ev->type, z->type);
-    w = s_put_bytes(w, 3, ev->payload, ev->payload_len);
-    w = s_put_bytes(w, 4, ev->event_id, z->event_id);
+    w = sb_pb_put_msg_head(w, SB_PB_PUBLISH_EVENTS, z->body);
+    w = sb_pb_put_bytes(w, SB_PB_EVENT_AGGREGATE, ev->aggregate, z->agg);
+    w = sb_pb_put_bytes(w, SB_PB_EVENT_TYPE, ev->type, z->type);
+    w = sb_pb_put_bytes(w, SB_PB_EVENT_PAYLOAD, ev->payload, ev->payload_len);
+    w = sb_pb_put_bytes(w, SB_PB_EVENT_EVENT_ID, ev->event_id, z->event_id);
     if (ev->has_source_pos)
-        w = s_put_varint(w, 5, ev->source_pos);
-    w = s_put_varint(w, 6, ev->caused_by);
-    w = s_put_bytes(w, 7, ev->producer_id, z->producer_id);
-    w = s_put_varint(w, 8, ev->producer_seq);
-    w = s_put_varint(w, 9, ev->client_ts_ms);
-    if (ev->has_source_pos) {
-        /* Position 0 is valid, so presence travels in its own field. */
-        *w++ = TAG(10, TAG_VARINT);
-        *w++ = 1;
-    }
+        w = sb_pb_put_uint(w, SB_PB_EVENT_SOURCE_POS, ev->source_pos);
+    w = sb_pb_put_uint(w, SB_PB_EVENT_CAUSED_BY, ev->caused_by);
+    w = sb_pb_put_bytes(w, SB_PB_EVENT_PRODUCER_ID, ev->producer_id,
+                        z->producer_id);
+    w = sb_pb_put_uint(w, SB_PB_EVENT_PRODUCER_SEQ, ev->producer_seq);
+    w = sb_pb_put_uint(w, SB_PB_EVENT_CLIENT_TS_MS, ev->client_ts_ms);
+    /* Position 0 is valid, so presence travels in its own field. */
+    w = sb_pb_put_uint(w, SB_PB_EVENT_HAS_SOURCE_POS, ev->has_source_pos != 0);
     assert(w == p->buf + SBC_HEADROOM + p->len + z->item);
     p->len += z->item;
     return SB_OK;

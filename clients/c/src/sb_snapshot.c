@@ -25,10 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sb_pbwire.h"
 #include "sbc_internal.h"
 #include <snapbus/snapbus.h>
-
-enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
 struct sb_snapshot {
     const char *aggregate;
@@ -48,124 +47,51 @@ struct sb_snapshot {
     char *area_end;
 };
 
-/* ---- Wire reader ---------------------------------------------------- */
+/* ---- Field values --------------------------------------------------- */
 
-typedef struct {
-    const uint8_t *p;
-    const uint8_t *end;
-} s_rd;
-
-static int
-s_varint(s_rd *r, uint64_t *v)
+/* A varint field's value; a field of another wire type keeps *v (protobuf
+ * treats a wrong wire type as an unknown field). */
+static void
+s_uint(const sb_pb_field *f, uint64_t *v)
 {
-    return sb_varint_get(&r->p, r->end, v);
-}
-
-/* Reads a field's key. */
-static int
-s_key(s_rd *r, uint32_t *field, int *wt)
-{
-    uint64_t k;
-
-    if (s_varint(r, &k) != 0 || (k >> 3) == 0 || (k >> 3) > 0x1fffffff)
-        return -1;
-    *field = (uint32_t)(k >> 3);
-    *wt = (int)(k & 7);
-    return 0;
-}
-
-/* Reads a length-delimited field's bytes. */
-static int
-s_len(s_rd *r, const uint8_t **b, size_t *n)
-{
-    uint64_t len;
-
-    if (s_varint(r, &len) != 0 || len > (uint64_t)(r->end - r->p))
-        return -1;
-    *b = r->p;
-    *n = (size_t)len;
-    r->p += len;
-    return 0;
-}
-
-static int
-s_skip(s_rd *r, int wt)
-{
-    uint64_t v;
-    const uint8_t *b;
-    size_t n;
-
-    switch (wt) {
-    case WT_VARINT:
-        return s_varint(r, &v);
-    case WT_LEN:
-        return s_len(r, &b, &n);
-    case WT_I64:
-        n = 8;
-        break;
-    case WT_I32:
-        n = 4;
-        break;
-    default:
-        return -1; /* groups (3, 4) are not in proto3; 6, 7 invalid */
-    }
-    if (n > (size_t)(r->end - r->p))
-        return -1;
-    r->p += n;
-    return 0;
-}
-
-/* A varint field. With another wire type it is skipped and *v kept. */
-static int
-s_uint(s_rd *r, int wt, uint64_t *v)
-{
-    return wt == WT_VARINT ? s_varint(r, v) : s_skip(r, wt);
+    if (f->wt == SB_PB_VARINT)
+        *v = f->v;
 }
 
 /* A string field, copied into the area with its terminating zero. */
 static int
-s_str(sb_snapshot *b, s_rd *r, int wt, const char **out)
+s_str(sb_snapshot *b, const sb_pb_field *f, const char **out)
 {
-    const uint8_t *s;
-    size_t n;
-
-    if (wt != WT_LEN)
-        return s_skip(r, wt);
-    if (s_len(r, &s, &n) != 0)
-        return -1;
-    if (n == 0) {
+    if (f->wt != SB_PB_LEN)
+        return 0;
+    if (f->len == 0) {
         *out = "";
         return 0;
     }
-    if ((size_t)(b->area_end - b->area) < n + 1)
+    if ((size_t)(b->area_end - b->area) < f->len + 1)
         return -1; /* cannot happen: the area is sized from len */
-    memcpy(b->area, s, n);
-    b->area[n] = '\0';
+    memcpy(b->area, f->ptr, f->len);
+    b->area[f->len] = '\0';
     *out = b->area;
-    b->area += n + 1;
+    b->area += f->len + 1;
     return 0;
 }
 
 static int
-s_bytes(sb_snapshot *b, s_rd *r, int wt, const void **out, size_t *outn)
+s_bytes(sb_snapshot *b, const sb_pb_field *f, const void **out, size_t *outn)
 {
-    const uint8_t *s;
-    size_t n;
-
-    if (wt != WT_LEN)
-        return s_skip(r, wt);
-    if (s_len(r, &s, &n) != 0)
-        return -1;
-    *outn = n;
-    if (n == 0) {
+    if (f->wt != SB_PB_LEN)
+        return 0;
+    *outn = f->len;
+    if (f->len == 0) {
         *out = NULL;
         return 0;
     }
-    if ((size_t)(b->area_end - b->area) < n)
+    if ((size_t)(b->area_end - b->area) < f->len)
         return -1;
-    memcpy(b->area, s, n);
+    memcpy(b->area, f->ptr, f->len);
     *out = b->area;
-    b->area += n;
+    b->area += f->len;
     return 0;
 }
 
@@ -174,61 +100,63 @@ s_bytes(sb_snapshot *b, s_rd *r, int wt, const void **out, size_t *outn)
 static int
 s_event(sb_snapshot *b, const uint8_t *p, size_t len, sb_snapshot_event *e)
 {
-    s_rd r = {p, p + len};
-    uint64_t v = 0;
-    uint32_t f;
-    int wt, rc;
+    sb_pb_reader r;
+    sb_pb_field f;
+    uint64_t v;
+    int got, rc;
 
     memset(e, 0, sizeof *e);
     e->aggregate = e->type = e->event_id = e->producer_id = "";
-    while (r.p < r.end) {
-        if (s_key(&r, &f, &wt) != 0)
-            return -1;
-        switch (f) {
-        case 1:
-            rc = s_uint(&r, wt, &e->seq);
+    sb_pb_reader_init(&r, p, len);
+    while ((got = sb_pb_next(&r, &f)) == 1) {
+        rc = 0;
+        switch (f.num) {
+        case SB_PB_SEQUENCED_EVENT_SEQ:
+            s_uint(&f, &e->seq);
             break;
-        case 2:
-            rc = s_uint(&r, wt, &e->agg_seq);
+        case SB_PB_SEQUENCED_EVENT_AGGREGATE_SEQ:
+            s_uint(&f, &e->agg_seq);
             break;
-        case 3:
-            rc = s_str(b, &r, wt, &e->aggregate);
+        case SB_PB_SEQUENCED_EVENT_AGGREGATE:
+            rc = s_str(b, &f, &e->aggregate);
             break;
-        case 4:
-            rc = s_str(b, &r, wt, &e->type);
+        case SB_PB_SEQUENCED_EVENT_TYPE:
+            rc = s_str(b, &f, &e->type);
             break;
-        case 5:
-            rc = s_bytes(b, &r, wt, &e->payload, &e->payload_len);
+        case SB_PB_SEQUENCED_EVENT_PAYLOAD:
+            rc = s_bytes(b, &f, &e->payload, &e->payload_len);
             break;
-        case 6:
-            rc = s_str(b, &r, wt, &e->event_id);
+        case SB_PB_SEQUENCED_EVENT_EVENT_ID:
+            rc = s_str(b, &f, &e->event_id);
             break;
-        case 7:
-            rc = s_uint(&r, wt, &e->source_pos);
+        case SB_PB_SEQUENCED_EVENT_SOURCE_POS:
+            s_uint(&f, &e->source_pos);
             break;
-        case 8:
-            rc = s_uint(&r, wt, &e->caused_by);
+        case SB_PB_SEQUENCED_EVENT_CAUSED_BY:
+            s_uint(&f, &e->caused_by);
             break;
-        case 9:
-            rc = s_str(b, &r, wt, &e->producer_id);
+        case SB_PB_SEQUENCED_EVENT_PRODUCER_ID:
+            rc = s_str(b, &f, &e->producer_id);
             break;
-        case 10:
-            rc = s_uint(&r, wt, &e->producer_seq);
+        case SB_PB_SEQUENCED_EVENT_PRODUCER_SEQ:
+            s_uint(&f, &e->producer_seq);
             break;
-        case 11:
-            rc = s_uint(&r, wt, &e->client_ts_ms);
+        case SB_PB_SEQUENCED_EVENT_CLIENT_TS_MS:
+            s_uint(&f, &e->client_ts_ms);
             break;
-        case 12:
-            v = e->has_source_pos;
-            rc = s_uint(&r, wt, &v);
+        case SB_PB_SEQUENCED_EVENT_HAS_SOURCE_POS:
+            v = (uint64_t)e->has_source_pos;
+            s_uint(&f, &v);
             e->has_source_pos = v != 0;
             break;
         default:
-            rc = s_skip(&r, wt);
+            break; /* unknown: skipped */
         }
         if (rc != 0)
             return -1;
     }
+    if (got < 0)
+        return -1;
     if (!e->has_source_pos)
         e->source_pos = 0;
     return 0;
@@ -238,93 +166,83 @@ s_event(sb_snapshot *b, const uint8_t *p, size_t len, sb_snapshot_event *e)
 static int
 s_count(const uint8_t *p, size_t len, size_t *n)
 {
-    s_rd r = {p, p + len};
-    uint32_t f;
-    int wt;
+    sb_pb_reader r;
+    sb_pb_field f;
+    int got;
 
     *n = 0;
-    while (r.p < r.end) {
-        if (s_key(&r, &f, &wt) != 0)
-            return -1;
-        if (f == 11 && wt == WT_LEN)
+    sb_pb_reader_init(&r, p, len);
+    while ((got = sb_pb_next(&r, &f)) == 1)
+        if (f.num == SB_PB_SNAPSHOT_BATCH_EVENTS && f.wt == SB_PB_LEN)
             (*n)++;
-        if (s_skip(&r, wt) != 0)
-            return -1;
-    }
-    return 0;
+    return got;
 }
 
 static int
 s_batch(sb_snapshot *b, const uint8_t *p, size_t len)
 {
-    s_rd r = {p, p + len};
-    uint64_t v = 0;
-    uint32_t f;
-    int wt, rc;
+    sb_pb_reader r;
+    sb_pb_field f;
+    uint64_t v;
+    int got, rc;
     size_t i = 0;
 
-    while (r.p < r.end) {
-        if (s_key(&r, &f, &wt) != 0)
-            return -1;
-        switch (f) {
-        case 1:
+    sb_pb_reader_init(&r, p, len);
+    while ((got = sb_pb_next(&r, &f)) == 1) {
+        rc = 0;
+        switch (f.num) {
+        case SB_PB_SNAPSHOT_BATCH_VERSION:
             v = b->version;
-            rc = s_uint(&r, wt, &v);
+            s_uint(&f, &v);
             b->version = (uint32_t)v; /* uint32: protobuf truncates */
             break;
-        case 2:
-            rc = s_str(b, &r, wt, &b->aggregate);
+        case SB_PB_SNAPSHOT_BATCH_AGGREGATE:
+            rc = s_str(b, &f, &b->aggregate);
             break;
-        case 3:
-            rc = s_uint(&r, wt, &b->batch_id);
+        case SB_PB_SNAPSHOT_BATCH_BATCH_ID:
+            s_uint(&f, &b->batch_id);
             break;
-        case 4:
-            rc = s_uint(&r, wt, &b->first_seq);
+        case SB_PB_SNAPSHOT_BATCH_FIRST_SEQ:
+            s_uint(&f, &b->first_seq);
             break;
-        case 5:
-            rc = s_uint(&r, wt, &b->last_seq);
+        case SB_PB_SNAPSHOT_BATCH_LAST_SEQ:
+            s_uint(&f, &b->last_seq);
             break;
-        case 6:
-            rc = s_uint(&r, wt, &b->agg_last_seq);
+        case SB_PB_SNAPSHOT_BATCH_AGGREGATE_LAST_SEQ:
+            s_uint(&f, &b->agg_last_seq);
             break;
-        case 7:
-            rc = s_uint(&r, wt, &b->source_pos);
+        case SB_PB_SNAPSHOT_BATCH_SOURCE_POS:
+            s_uint(&f, &b->source_pos);
             break;
-        case 8:
-            rc = s_uint(&r, wt, &b->timestamp_ms);
+        case SB_PB_SNAPSHOT_BATCH_TIMESTAMP_MS:
+            s_uint(&f, &b->timestamp_ms);
             break;
-        case 9:
-            rc = s_uint(&r, wt, &b->prev_last_seq);
+        case SB_PB_SNAPSHOT_BATCH_PREV_LAST_SEQ:
+            s_uint(&f, &b->prev_last_seq);
             break;
-        case 10:
+        case SB_PB_SNAPSHOT_BATCH_CLOSE_REASON:
             v = (uint64_t)(int64_t)b->close_reason;
-            rc = s_uint(&r, wt, &v);
+            s_uint(&f, &v);
             b->close_reason = (int)(int32_t)v; /* enum: int32 */
             break;
-        case 11: {
-            const uint8_t *ep;
-            size_t en;
-            /* s_count counted only LEN-typed field 11s; skip others. */
-            if (wt != WT_LEN) {
-                rc = s_skip(&r, wt);
-                break;
-            }
-            rc = s_len(&r, &ep, &en);
-            if (rc == 0 && i < b->n)
-                rc = s_event(b, ep, en, &b->ev[i++]);
+        case SB_PB_SNAPSHOT_BATCH_EVENTS:
+            /* s_count counted only LEN-typed events fields. */
+            if (f.wt == SB_PB_LEN && i < b->n)
+                rc = s_event(b, f.ptr, f.len, &b->ev[i++]);
             break;
-        }
-        case 12:
-            v = b->has_source_pos;
-            rc = s_uint(&r, wt, &v);
+        case SB_PB_SNAPSHOT_BATCH_HAS_SOURCE_POS:
+            v = (uint64_t)b->has_source_pos;
+            s_uint(&f, &v);
             b->has_source_pos = v != 0;
             break;
         default:
-            rc = s_skip(&r, wt);
+            break; /* unknown: skipped */
         }
         if (rc != 0)
             return -1;
     }
+    if (got < 0)
+        return -1;
     if (!b->has_source_pos)
         b->source_pos = 0;
     /* The wire leaves an event's aggregate out when it is the batch's;

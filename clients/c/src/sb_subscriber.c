@@ -162,7 +162,7 @@ s_hello(void *ctx, sbc_hello_info *h, int wait_ms, int fresh)
 }
 
 static sb_err
-s_fetch(void *ctx, const sbc_fetch_req *q, sbc_page_info *info,
+s_fetch(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
         sb_snapshot **out, int wait_ms, int fresh)
 {
     sb_subscriber *s = ctx;

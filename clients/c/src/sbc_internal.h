@@ -1,7 +1,7 @@
 /* Helpers shared by libsnapbus's source files and not exported: a bump
  * arena that protobuf-c decodes into, a monotonic clock, the mapping from
- * wire error codes to sb_err, and the protobuf varint writer the publisher
- * encodes with. Every name here is sbc_ (library-internal); the library
+ * wire error codes to sb_err, and the taking of option structs. The
+ * protobuf field writer and reader are common/sb_pbwire.h. Every name here is sbc_ (library-internal); the library
  * is built with hidden visibility, so none of them leaves the .so. */
 #ifndef SBC_INTERNAL_H
 #define SBC_INTERNAL_H

@@ -106,6 +106,7 @@ s_send(sbc_query *q)
         f.to_seq = q->req.to_seq;
         f.after_batch_id = q->req.after_batch_id;
         f.max_batches = q->req.max_batches;
+        f.max_bytes = q->req.max_bytes;
         f.headers_only = q->req.headers_only != 0;
         req.body_case = SNAPBUS__REQUEST__BODY_FETCH;
         req.fetch = &f;
@@ -138,11 +139,63 @@ s_drain(void *sock, zmq_msg_t *m)
     }
 }
 
+/* Where a fetch's batches go: into an array of cap (all or none: a batch
+ * that does not decode fails the page), or one by one to fn, which owns
+ * each (a batch that does not decode is skipped, the rest delivered, and
+ * the page then fails SB_EPROTO, so the caller knows it is incomplete). */
+typedef struct {
+    sb_snapshot **out;
+    uint32_t cap;
+    sb_snapshot_fn fn;
+    void *ctx;
+} s_sink;
+
+/* Takes the reply's batch frames after m; *gotp: how many were taken
+ * (stored in the array, or given to fn). */
+static sb_err
+s_take_batches(sbc_query *q, zmq_msg_t *m, uint32_t count, const s_sink *k,
+               uint32_t *gotp)
+{
+    sb_err rc = SB_OK;
+    uint32_t frames = 0, taken = 0;
+
+    while (zmq_msg_more(m)) {
+        sb_snapshot *b;
+        zmq_msg_close(m);
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, q->sock, ZMQ_DONTWAIT) < 0 || frames == count) {
+            rc = SB_EPROTO;
+            break;
+        }
+        frames++;
+        if (sb_snapshot_decode(&b, zmq_msg_data(m), zmq_msg_size(m)) !=
+            SB_OK) {
+            rc = SB_EPROTO;
+            if (k->fn == NULL)
+                break;
+            continue; /* skip it, deliver the rest, then say so */
+        }
+        if (k->fn != NULL)
+            k->fn(b, k->ctx);
+        else
+            k->out[taken] = b;
+        taken++;
+    }
+    if (rc == SB_OK && frames != count)
+        rc = SB_EPROTO;
+    if (rc != SB_OK && k->fn == NULL) {
+        for (uint32_t i = 0; i < taken; i++)
+            sb_snapshot_destroy(&k->out[i]);
+        taken = 0;
+    }
+    *gotp = taken;
+    return rc;
+}
+
 /* Reads one reply message. SB_ETIMEDOUT: it was not ours (dropped).
  * Otherwise the outstanding request's answer (hello or fetch). */
 static sb_err
-s_read(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
-       sb_snapshot **out)
+s_read(sbc_query *q, sbc_hello_info *h, sb_fetch_page *info, const s_sink *k)
 {
     sbc_arena arena;
     zmq_msg_t m;
@@ -198,30 +251,15 @@ s_read(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
         rc = sbc_err_from_wire(rep->error); /* SB_ENOENT: out of retention */
         goto drain;
     }
-    if (f->count > q->req.max_batches) {
+    if (k->fn == NULL && f->count > k->cap) {
         rc = SB_EPROTO; /* more than asked for: cannot hold them */
         goto drain;
     }
     uint32_t got = 0;
-    while (zmq_msg_more(&m)) {
-        zmq_msg_close(&m);
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, q->sock, ZMQ_DONTWAIT) < 0 || got == f->count ||
-            sb_snapshot_decode(&out[got], zmq_msg_data(&m), zmq_msg_size(&m)) !=
-                SB_OK) {
-            rc = SB_EPROTO;
-            break;
-        }
-        got++;
-    }
-    if (rc == SB_OK && got != f->count)
-        rc = SB_EPROTO;
-    if (rc != SB_OK) {
-        for (uint32_t i = 0; i < got; i++)
-            sb_snapshot_destroy(&out[i]);
-        goto drain;
-    }
+    rc = s_take_batches(q, &m, f->count, k, &got);
     info->count = got;
+    if (rc != SB_OK)
+        goto drain;
     goto out;
 drain:
     s_drain(q->sock, &m);
@@ -234,8 +272,8 @@ out:
 /* Waits up to wait_ms for the outstanding request's reply, sending it
  * again each timeout_ms. */
 static sb_err
-s_wait(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
-       sb_snapshot **out, int wait_ms)
+s_wait(sbc_query *q, sbc_hello_info *h, sb_fetch_page *info, const s_sink *k,
+       int wait_ms)
 {
     uint64_t deadline = sbc_deadline(wait_ms);
 
@@ -261,7 +299,7 @@ s_wait(sbc_query *q, sbc_hello_info *h, sbc_page_info *info,
         if (n < 0)
             return errno == EINTR ? SB_EAGAIN : SB_ESYS;
         if (n > 0) {
-            sb_err rc = s_read(q, h, info, out);
+            sb_err rc = s_read(q, h, info, k);
             if (rc != SB_ETIMEDOUT) {
                 q->kind = 0;
                 return rc;
@@ -285,22 +323,40 @@ sbc_query_hello(sbc_query *q, sbc_hello_info *h, int wait_ms, int fresh)
     return s_wait(q, h, NULL, NULL, wait_ms);
 }
 
+/* Makes r the outstanding request (sent now) unless it already is. */
+static sb_err
+s_start_fetch(sbc_query *q, const sbc_fetch_req *r, int fresh)
+{
+    char *p;
+
+    if (!fresh && q->kind == 2)
+        return SB_OK;
+    if ((p = sbc_strdup(r->prefix ? r->prefix : "")) == NULL)
+        return SB_ENOMEM;
+    free(q->prefix);
+    q->prefix = p;
+    q->req = *r;
+    q->req.prefix = p;
+    q->kind = 2;
+    return s_send(q);
+}
+
 sb_err
-sbc_query_fetch(sbc_query *q, const sbc_fetch_req *r, sbc_page_info *info,
+sbc_query_fetch(sbc_query *q, const sbc_fetch_req *r, sb_fetch_page *info,
                 sb_snapshot **out, int wait_ms, int fresh)
 {
-    if (fresh || q->kind != 2) {
-        char *p = sbc_strdup(r->prefix ? r->prefix : "");
-        sb_err rc;
-        if (p == NULL)
-            return SB_ENOMEM;
-        free(q->prefix);
-        q->prefix = p;
-        q->req = *r;
-        q->req.prefix = p;
-        q->kind = 2;
-        if ((rc = s_send(q)) != SB_OK)
-            return rc;
-    }
-    return s_wait(q, NULL, info, out, wait_ms);
+    s_sink k = {out, r->max_batches, NULL, NULL};
+    sb_err rc = s_start_fetch(q, r, fresh);
+
+    return rc != SB_OK ? rc : s_wait(q, NULL, info, &k, wait_ms);
+}
+
+sb_err
+sbc_query_fetch_each(sbc_query *q, const sbc_fetch_req *r, sb_fetch_page *info,
+                     sb_snapshot_fn fn, void *ctx, int wait_ms, int fresh)
+{
+    s_sink k = {NULL, 0, fn, ctx};
+    sb_err rc = s_start_fetch(q, r, fresh);
+
+    return rc != SB_OK ? rc : s_wait(q, NULL, info, &k, wait_ms);
 }

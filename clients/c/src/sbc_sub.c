@@ -229,7 +229,7 @@ typedef struct {
     sb_snapshot *hdr[SBC_PAGE];
     uint32_t nhdr, k;
     int have_page;
-    sbc_page_info page;
+    sb_fetch_page page;
     /* a run of headers being fetched whole */
     int in_run;
     uint32_t run_pos, run_end; /* hdr[run_pos..run_end) still to come */
@@ -646,7 +646,7 @@ s_step_hello(sbc_sub *s, uint64_t deadline)
 
 /* A fetch for the current job; SB_OK with the page in s->page. */
 static sb_err
-s_fetch(sbc_sub *s, const sbc_fetch_req *q, sbc_page_info *info,
+s_fetch(sbc_sub *s, const sbc_fetch_req *q, sb_fetch_page *info,
         uint64_t deadline)
 {
     sb_err rc = s->t.fetch(s->t.ctx, q, info, q->headers_only ? s->job.hdr
@@ -699,7 +699,7 @@ static sb_err
 s_step_catchup(sbc_sub *s, uint64_t deadline)
 {
     s_job *j = &s->job;
-    sbc_page_info info;
+    sb_fetch_page info;
     sb_err rc;
 
     if (j->sub == s->nsubs) {
@@ -707,7 +707,7 @@ s_step_catchup(sbc_sub *s, uint64_t deadline)
         return SB_OK;
     }
     sbc_fetch_req q = {s->subs[j->sub].prefix, s->subs[j->sub].exact,
-                       s->R_eff, 0, j->c, SBC_PAGE, 0};
+                       s->R_eff, 0, j->c, SBC_PAGE, 0, 0};
     if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
         if (j->c == 0 && info.retained_first_seq > s->R_eff) {
             /* Seqs from R_eff up to where retention starts are gone. */
@@ -757,7 +757,7 @@ static sb_err
 s_step_probe(sbc_sub *s, uint64_t deadline)
 {
     s_job *j = &s->job;
-    sbc_page_info info;
+    sb_fetch_page info;
     sb_err rc;
 
     if (j->in_run) {
@@ -766,7 +766,7 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
         /* from_seq 1 matches every batch; it only makes a fetch from
          * cursor 0 check the broker's horizon (section 9.3), so an
          * eviction there is refused rather than skipped. */
-        sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->run_after, left, 0};
+        sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->run_after, left, 0, 0};
         if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
             /* Evicted since the header page came: those are lost. (A
              * refusal that names no later start would repeat forever:
@@ -861,7 +861,7 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
         return SB_OK;
     }
     const s_subn *sn = &s->subs[j->sub];
-    sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->c, SBC_PAGE, 1};
+    sbc_fetch_req q = {sn->prefix, sn->exact, 1, 0, j->c, SBC_PAGE, 1, 0};
     if ((rc = s_fetch(s, &q, &info, deadline)) == SB_ENOENT) {
         /* Batches after our cursor were evicted before this probe looked
          * at them. Not reported as such: some were received live. Each

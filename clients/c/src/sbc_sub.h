@@ -16,6 +16,8 @@
 
 #include <snapbus/snapbus.h>
 
+#include "sb_fetch_page.h"
+
 /* Batches asked for per fetch page (the broker may cap it lower). */
 #define SBC_PAGE 1000
 
@@ -27,19 +29,9 @@ typedef struct {
     uint64_t after_batch_id;
     uint32_t max_batches;
     int headers_only;
+    uint32_t max_bytes; /* 0: the broker's default */
 } sbc_fetch_req;
 
-typedef struct {
-    uint32_t count;
-    uint64_t last_batch_id; /* cursor: last batch looked at */
-    int more;
-    uint64_t retained_first_seq;
-    uint64_t retained_first_batch_id;
-    uint64_t last_seq;
-    uint64_t last_batch_id_published;
-    uint64_t epoch;
-    uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
-} sbc_page_info;
 
 typedef struct {
     uint64_t epoch;
@@ -68,7 +60,7 @@ typedef struct {
     /* SB_OK: info and out[0..info->count) (decoded, the caller owns
      * them; at most q->max_batches). SB_ENOENT: out of retention, info
      * filled (count 0). Other errors: the page is not usable. */
-    sb_err (*fetch)(void *ctx, const sbc_fetch_req *q, sbc_page_info *info,
+    sb_err (*fetch)(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
                     sb_snapshot **out, int wait_ms, int fresh);
     uint64_t (*now_ms)(void *ctx);
 } sbc_transport;

@@ -1,8 +1,8 @@
 """Python client of the snapbus event-bus broker (protocol version 1).
 
 Written from ``proto/snapbus.proto`` and ``docs/PROTOCOL.md`` alone. The
-protobuf module is generated from the ``.proto`` by ``protoc`` on first
-import (see ``snapbus._pb``).
+protobuf module is generated from the ``.proto`` by ``protoc`` at build
+time (see ``snapbus._pb`` and ``snapbus._gen``).
 
     from snapbus import Publisher, Subscriber, AckLevel
 """

@@ -5,8 +5,7 @@ stopped with SIGTERM by PID and expected to exit 0.
 Environment (set by ctest; defaults for a manual run from the source tree):
   PYSNAPBUS_SNAPBUSD  the broker binary   (default: build/snapbusd)
   PYSNAPBUS_CLI       the snapbus CLI     (default: build/snapbus)
-  PYSNAPBUS_PROTO     proto/snapbus.proto (default: the source tree's)
-  PYSNAPBUS_PB2_DIR   where the generated snapbus_pb2.py goes
+  PYSNAPBUS_PB2_DIR   where the build put snapbus_pb2.py (default: build/python)
 """
 
 import os
@@ -21,6 +20,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..")))
 
+# The generated protobuf module: the build tree's (cmake --build makes it).
+os.environ.setdefault("PYSNAPBUS_PB2_DIR", os.path.join(SRC, "build", "python"))
 SNAPBUSD = os.environ.get("PYSNAPBUS_SNAPBUSD") or os.path.join(SRC, "build", "snapbusd")
 CLI = os.environ.get("PYSNAPBUS_CLI") or os.path.join(SRC, "build", "snapbus")
 
