@@ -30,6 +30,7 @@
 #include "sb_logstore.h"
 #include "sb_metrics.h"
 #include "sb_msg.h"
+#include "sb_os.h"
 #include "sb_fanout.h"
 #include "sb_router.h"
 #include "sb_sequencer.h"
@@ -163,6 +164,31 @@ s_write_ready(const char *path, const char *ingest, const char *pub,
     return rename(tmp, path); /* readers never see half a file */
 }
 
+/* The log directory is locked too, even when it lies inside data_dir:
+ * another broker's storage.dir may name it. */
+static int
+s_lock_dir(const char *dir, int *fd)
+{
+    long holder = 0;
+    sb_err rc = sb_os_mkdirs(dir);
+
+    if (rc == SB_OK)
+        rc = sb_os_lock_dir(dir, fd, &holder);
+    if (rc == SB_EAGAIN) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_locked",
+               "dir=%s pid=%ld why=\"another broker (PID %ld) holds %s/LOCK: "
+               "stop it, or give this broker its own --data-dir and storage.dir\"",
+               dir, holder, holder, dir);
+        return -1;
+    }
+    if (rc != SB_OK) {
+        SB_LOG(SB_LOG_ERR, "broker.dir_lock", "dir=%s err=\"%s\"", dir,
+               strerror(sb_os_errno()));
+        return -1;
+    }
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -188,6 +214,7 @@ main(int argc, char **argv)
     char secret[SB_KEY_Z85_LEN + 1] = "";
     sb_clock clock = sb_clock_system();
     int status = 1;
+    int lock_fd[2] = {-1, -1}; /* held, never closed: the kernel drops them at exit */
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -249,6 +276,9 @@ main(int argc, char **argv)
         return 0;
     }
     sb_log_set_level((sb_log_level) sb_log_level_parse(cfg.log_level));
+    sb_log_set_format((sb_log_format) sb_log_format_parse(cfg.log_format));
+    sb_log_set_rate(cfg.log_rate);
+    sb_config_log_ignored_env(environ);
     if (cfg.deprecated[0] != '\0')
         SB_LOG(SB_LOG_WARN, "config.deprecated", "spellings=\"%s\" hint=\"%s\"",
                cfg.deprecated, sb_config_deprecated_hint());
@@ -256,7 +286,7 @@ main(int argc, char **argv)
            "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
            "default_delay_ms=%u delay_rules=%u max_batch_events=%u "
            "max_batch_bytes=%u max_open_batches=%u ring_batches=%llu "
-           "ring_bytes=%llu log_retain_bytes=%llu metrics=%s log_level=%s",
+           "ring_bytes=%llu log_retain_bytes=%llu metrics=%s log_level=%s log_format=%s log_rate=%u",
            file ? file : "-", cfg.queue, cfg.hwm, cfg.limits.max_message_bytes,
            cfg.limits.max_payload_bytes, cfg.router.default_delay_ms,
            cfg.router.nrules, cfg.router.max_batch_events,
@@ -264,7 +294,8 @@ main(int argc, char **argv)
            (unsigned long long) cfg.retain_batches,
            (unsigned long long) cfg.retain_bytes,
            (unsigned long long) cfg.storage.retain_bytes,
-           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level);
+           cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level, cfg.log_format,
+           cfg.log_rate);
     SB_LOG(SB_LOG_INFO, "broker.memory_budget",
            "budget=%llu requests=%llu replies=%llu ring=%llu outgoing=%llu "
            "fetch=%llu dedup=%llu log_buffer=%llu zmq=%llu requests_over=%llu "
@@ -293,6 +324,17 @@ main(int argc, char **argv)
                strerror(errno));
         return 1;
     }
+    if (cfg.storage.dir[0] == '\0' &&
+        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
+                          cfg.data_dir) >= sizeof cfg.storage.dir) {
+        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
+        return 1;
+    }
+    /* One broker per directory, before anything is bound or read: two
+     * brokers appending to one log overwrite each other's acked events. */
+    if (s_lock_dir(cfg.data_dir, &lock_fd[0]) != 0 ||
+        s_lock_dir(cfg.storage.dir, &lock_fd[1]) != 0)
+        return 1;
     /* Metrics first, with signals blocked (its thread inherits the mask),
      * so /healthz answers while the rest starts. */
     if (cfg.metrics[0] != '\0' &&
@@ -300,16 +342,14 @@ main(int argc, char **argv)
         goto out;
     /* The log before anything else: every number the actors start from
      * comes out of its recovery. */
-    if (cfg.storage.dir[0] == '\0' &&
-        (size_t) snprintf(cfg.storage.dir, sizeof cfg.storage.dir, "%s/log",
-                          cfg.data_dir) >= sizeof cfg.storage.dir) {
-        SB_LOG(SB_LOG_ERR, "broker.storage_dir", "why=\"data_dir too long\"");
-        goto out;
-    }
     sb_err src = sb_store_open(&store, &cfg.storage, &rec);
     if (src != SB_OK) {
-        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=%s", cfg.storage.dir,
-               sb_strerror(src));
+        SB_LOG(SB_LOG_ERR, "broker.storage", "dir=%s err=\"%s\" errno=%d why=\"%s\"",
+               cfg.storage.dir, sb_strerror(src),
+               src == SB_ESYS || src == SB_ESTORAGE ? sb_os_errno() : 0,
+               src == SB_ESTORAGE ? "no room for the first segment: free space, or lower "
+                                    "storage.segment_bytes"
+                                  : "cannot open the on-disk log");
         goto out;
     }
     if ((ctx = zmq_ctx_new()) == NULL || s_links_new(&l, cfg.queue) != SB_OK ||
@@ -353,7 +393,8 @@ main(int argc, char **argv)
                             cfg.fetch_max_scan, cfg.limits, "snapbusd " SB_VERSION,
                             epoch, l.to_publisher, l.pub_replies,
                             cfg.storage.dir, rec.last_seq, rec.last_batch_id,
-                            secret[0] != '\0' ? secret : NULL, plan.outgoing};
+                            secret[0] != '\0' ? secret : NULL, plan.outgoing,
+                            cfg.shutdown_linger_ms};
     if (sb_fanout_new(&pub, &pa) != SB_OK)
         goto out;
     if (sb_timelock_actor_new(&tl, &clock, cfg.router.max_open_batches,
@@ -418,7 +459,8 @@ main(int argc, char **argv)
                       l.log_batches, l.log_replies},
             .nlinks = 10, .log = sb_logstore_stats_get(logstore),
             .auth = auth != NULL ? sb_auth_stats_get(auth) : NULL,
-            .dedup = dedup_stats, .budget = &plan, .credit = credit};
+            .dedup = dedup_stats, .budget = &plan, .credit = credit,
+            .log_dir = cfg.storage.dir};
         sb_metrics_attach(metrics, &ms);
     }
     if (cfg.ready_file[0] != '\0' &&
@@ -462,6 +504,13 @@ main(int argc, char **argv)
         SB_LOG(SB_LOG_ERR, "broker.drain_timeout", "ms=%d", S_DRAIN_MS);
         goto out;
     }
+    /* Every batch is out and acked; the fan-out still serves fetches for
+     * the shutdown linger, so subscribers can fetch the tail they missed
+     * (longer while some are still catching up; it ends early once no
+     * subscriber is connected). */
+    int linger_max = (int) cfg.shutdown_linger_ms + SB_FANOUT_LINGER_CAP_MS + 10000;
+    if (sb_fanout_wait(pub, linger_max) != SB_OK)
+        SB_LOG(SB_LOG_WARN, "broker.linger_timeout", "ms=%d", linger_max);
     status = 0;
     SB_LOG(SB_LOG_NOTICE, "broker.stopped", "batches=%llu events=%llu last_seq=%llu drain_ms=%llu",
            (unsigned long long) atomic_load(&ps->batches),
@@ -486,5 +535,6 @@ out:
         zmq_ctx_term(ctx);
     if (cfg.ready_file[0] != '\0')
         unlink(cfg.ready_file);
+    sb_log_flush(); /* what the rate limit still holds back */
     return status;
 }

@@ -35,9 +35,12 @@ static const s_key s_keys[] = {
     STR("broker", "ready_file", ready_file, "after binding, write the bound endpoints here"),
     STR("broker", "metrics", metrics, "HTTP listen address for /metrics /healthz /readyz, HOST:PORT (port 0: a free one); empty = off"),
     {"broker", "log_level", T_LEVEL, offsetof(sb_config, log_level), 16, 0, 0, "err|warn|notice|info|debug"},
+    STR("broker", "log_format", log_format, "logfmt|json: one key=value line, or one JSON object a line (docs/OPERATIONS.md)"),
+    U32("broker", "log_rate", log_rate, 0, 1000000, "warning and error lines a second per event id, the rest counted in one log.suppressed line; 0 = no limit"),
     U32("broker", "hwm", hwm, 1, 10000000, "ZeroMQ high-water mark of every socket, messages"),
     U32("broker", "queue", queue, 1, 1000000, "bound of every queue between actors, items"),
     U64("broker", "memory_budget", memory_budget, 16u << 20, 1ull << 44, "bytes the broker holds for work in flight at most (requests, retention, fetches, de-duplication, ZeroMQ queues); suffixes k, M, G; full: the ingest stops reading"),
+    U32("broker", "shutdown_linger_ms", shutdown_linger_ms, 0, 600000, "after the last batch at shutdown, the query socket stays open this long so subscribers fetch the tail, ms (longer while they still fetch, up to 55 s more; ends early once no subscriber is connected, without CURVE)"),
     U32("limits", "max_message_bytes", limits.max_message_bytes, 1024, 256u << 20, "largest request, bytes"),
     U32("limits", "max_events_per_request", limits.max_events_per_request, 1, 1000000, "events in one request"),
     U32("limits", "max_payload_bytes", limits.max_payload_bytes, 0, 256u << 20, "largest event payload, bytes"),
@@ -85,9 +88,12 @@ sb_config_defaults(sb_config *c)
     strcpy(c->query, "tcp://127.0.0.1:7703");
     strcpy(c->data_dir, "./snapbus-data");
     strcpy(c->log_level, "info");
+    strcpy(c->log_format, "logfmt");
+    c->log_rate = 10;
     c->hwm = 10000;
     c->queue = 1024;
     c->memory_budget = 256u << 20;
+    c->shutdown_linger_ms = 5000;
     sb_limits_defaults(&c->limits);
     sb_router_config_defaults(&c->router);
     c->retain_batches = 100000;
@@ -291,6 +297,76 @@ sb_config_load_string(sb_config *c, const char *text, char *why, size_t n)
     return SB_OK;
 }
 
+/* The variables Kubernetes injects for every Service in the namespace
+ * (enableServiceLinks): for a Service "snapbus" (or "snapbus-x"),
+ * SNAPBUS[_X]_SERVICE_HOST, _SERVICE_PORT, _SERVICE_PORT_<NAME>, _PORT,
+ * _PORT_<N>_<PROTO> and _PORT_<N>_<PROTO>_{PROTO,PORT,ADDR}. No broker key
+ * has these shapes (none ends in "port" or holds "service" or "port_"). */
+static int
+s_service_link(const char *e, size_t len)
+{
+    static const char *const protos[] = {"TCP", "UDP", "SCTP"};
+    static const char *const tails[] = {"", "_PROTO", "_PORT", "_ADDR"};
+    char name[256], *p;
+
+    if (len >= sizeof name)
+        return 0;
+    memcpy(name, e, len);
+    name[len] = '\0';
+    if (strstr(name, "_SERVICE_HOST") != NULL || strstr(name, "_SERVICE_PORT") != NULL ||
+        (len >= 5 && strcmp(name + len - 5, "_PORT") == 0))
+        return 1;
+    for (p = name; (p = strstr(p, "_PORT_")) != NULL; p++) {
+        char *q = p + 6, *d = q;
+        while (*q >= '0' && *q <= '9')
+            q++;
+        if (q == d || *q != '_')
+            continue;
+        for (size_t i = 0; i < 3; i++) {
+            size_t pl = strlen(protos[i]);
+            if (strncmp(q + 1, protos[i], pl) != 0)
+                continue;
+            for (size_t t = 0; t < 4; t++)
+                if (strcmp(q + 1 + pl, tails[t]) == 0)
+                    return 1;
+        }
+    }
+    return 0;
+}
+
+/* The command-line client's own variables (snapbus --help), which may
+ * share an environment with the broker. */
+static const char *const s_client_vars[] = {"SNAPBUS_SERVER_KEY", "SNAPBUS_CLIENT_KEY",
+                                            "SNAPBUS_PRODUCER_ID"};
+
+const char *
+sb_config_env_ignored(const char *e)
+{
+    const char *eq = strchr(e, '=');
+    size_t len = eq != NULL ? (size_t) (eq - e) : strlen(e);
+
+    if (strncmp(e, "SNAPBUS_", 8) != 0)
+        return NULL;
+    for (size_t i = 0; i < sizeof s_client_vars / sizeof s_client_vars[0]; i++)
+        if (strlen(s_client_vars[i]) == len && strncmp(e, s_client_vars[i], len) == 0)
+            return "a variable of the snapbus client";
+    if (s_service_link(e, len))
+        return "a Kubernetes service link (enableServiceLinks)";
+    return NULL;
+}
+
+void
+sb_config_log_ignored_env(char *const *envp)
+{
+    for (; envp != NULL && *envp != NULL; envp++) {
+        const char *why = sb_config_env_ignored(*envp);
+        const char *eq = strchr(*envp, '=');
+        if (why != NULL)
+            SB_LOG(SB_LOG_DEBUG, "config.env_ignored", "name=%.*s why=\"%s\"",
+                   (int) (eq != NULL ? eq - *envp : (long) strlen(*envp)), *envp, why);
+    }
+}
+
 sb_err
 sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n)
 {
@@ -299,10 +375,7 @@ sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n)
         char name[128];
         if (strncmp(e, "SNAPBUS_", 8) != 0 || eq == NULL)
             continue;
-        /* The clients' key variables (docs/SECURITY.md) may share an
-         * environment with the broker. */
-        if (strncmp(e, "SNAPBUS_SERVER_KEY=", 19) == 0 ||
-            strncmp(e, "SNAPBUS_CLIENT_KEY=", 19) == 0)
+        if (sb_config_env_ignored(e) != NULL)
             continue;
         size_t len = (size_t) (eq - e) - 8;
         if (len >= sizeof name)
@@ -464,6 +537,68 @@ s_local_endpoint(const char *ep)
     return 0;
 }
 
+/* A ZeroMQ bind endpoint, checked here so that a mistake gets its own
+ * message (not "binds beyond loopback", not a port libzmq picks itself):
+ * tcp://HOST:PORT with HOST an IPv4 address, [IPv6], a name, an interface
+ * or *, and PORT 1-65535 or * (0 too: libzmq reads it as *); ipc://PATH;
+ * inproc://NAME. */
+static sb_err
+s_check_endpoint(const char *key, const char *ep, char *why, size_t n)
+{
+    const char *sep = strstr(ep, "://"), *rest, *colon;
+    char reason[200];
+
+    if (sep == NULL) {
+        snprintf(reason, sizeof reason,
+                 "the scheme is missing: write tcp://%s (or ipc://PATH, inproc://NAME)",
+                 ep[0] != '\0' ? ep : "127.0.0.1:7701");
+        return s_refuse(why, n, "broker", key, ep, reason);
+    }
+    rest = sep + 3;
+    if ((size_t) (sep - ep) == 3 && strncmp(ep, "ipc", 3) == 0) {
+        if (*rest == '\0')
+            return s_refuse(why, n, "broker", key, ep, "ipc:// needs a path, e.g. ipc:///run/snapbus/ingest");
+        return SB_OK;
+    }
+    if ((size_t) (sep - ep) == 6 && strncmp(ep, "inproc", 6) == 0) {
+        if (*rest == '\0')
+            return s_refuse(why, n, "broker", key, ep, "inproc:// needs a name");
+        return SB_OK;
+    }
+    if ((size_t) (sep - ep) != 3 || strncmp(ep, "tcp", 3) != 0) {
+        snprintf(reason, sizeof reason, "unknown scheme \"%.*s\": tcp://, ipc:// or inproc://",
+                 (int) (sep - ep), ep);
+        return s_refuse(why, n, "broker", key, ep, reason);
+    }
+    if (*rest == '[') {
+        const char *close = strchr(rest, ']');
+        if (close == NULL || close == rest + 1 || close[1] != ':')
+            return s_refuse(why, n, "broker", key, ep, "expected tcp://[IPV6]:PORT");
+        colon = close + 1;
+    } else {
+        colon = strrchr(rest, ':');
+        if (colon == NULL)
+            return s_refuse(why, n, "broker", key, ep,
+                            "the port is missing: tcp://HOST:PORT, PORT 1 to 65535 or * for a free one");
+        if (colon == rest)
+            return s_refuse(why, n, "broker", key, ep,
+                            "the host is missing: tcp://HOST:PORT, e.g. tcp://127.0.0.1:7701 (* for every interface)");
+        if (memchr(rest, ':', (size_t) (colon - rest)) != NULL)
+            return s_refuse(why, n, "broker", key, ep, "an IPv6 address goes in brackets: tcp://[::1]:7701");
+    }
+    if (strcmp(colon + 1, "*") == 0)
+        return SB_OK;
+    char *end;
+    errno = 0;
+    unsigned long port = colon[1] >= '0' && colon[1] <= '9' ? strtoul(colon + 1, &end, 10) : 0;
+    if (colon[1] < '0' || colon[1] > '9' || *end != '\0' || errno != 0 || port > 65535) {
+        snprintf(reason, sizeof reason, "port \"%s\" is not a port: 1 to 65535, or * for a free one",
+                 colon + 1);
+        return s_refuse(why, n, "broker", key, ep, reason);
+    }
+    return SB_OK;
+}
+
 static sb_err
 s_check_security(const sb_config *c, char *why, size_t n)
 {
@@ -508,6 +643,12 @@ sb_config_exposed(const sb_config *c)
 sb_err
 sb_config_check(const sb_config *c, char *why, size_t n)
 {
+    if (sb_log_format_parse(c->log_format) < 0)
+        return s_refuse(why, n, "broker", "log_format", c->log_format, "logfmt or json");
+    if (s_check_endpoint("ingest", c->ingest, why, n) != SB_OK ||
+        s_check_endpoint("pub", c->pub, why, n) != SB_OK ||
+        s_check_endpoint("query", c->query, why, n) != SB_OK)
+        return SB_EINVAL;
     if (s_check_security(c, why, n) != SB_OK)
         return SB_EINVAL;
     if (c->metrics[0] != '\0') {
@@ -550,7 +691,10 @@ sb_config_usage(FILE *out)
             "usage: snapbusd [--config FILE] [--check-config] [--FLAG VALUE ...]\n\n"
             "Runs the snapbus broker. Settings come from defaults, then the\n"
             "configuration file (INI), then SNAPBUS_<SECTION>_<KEY> environment\n"
-            "variables, then flags. Every key below is also a flag: --KEY VALUE\n"
+            "variables (not the client's SNAPBUS_PRODUCER_ID, _SERVER_KEY,\n"
+            "_CLIENT_KEY, nor Kubernetes service links such as SNAPBUS_SERVICE_HOST\n"
+            "or SNAPBUS_PORT_7701_TCP: those are ignored), then flags. Every key\n"
+            "below is also a flag: --KEY VALUE\n"
             "with '-' for '_' (--ring-bytes), or --set SECTION.KEY=VALUE.\n\n"
             "  --config FILE        read this INI file first\n"
             "  --check-config       check the configuration and exit (0: valid)\n"

@@ -22,10 +22,13 @@ typedef struct {
     char data_dir[512];
     char ready_file[512];
     char log_level[16];
+    char log_format[8];   /* logfmt | json */
+    uint32_t log_rate;    /* warning/error lines a second per event; 0: no limit */
     char metrics[256]; /* HTTP listen address HOST:PORT; "" = off */
     uint32_t hwm;
     uint32_t queue;
     uint64_t memory_budget; /* bytes: docs/ARCHITECTURE.md, "Memory budget" */
+    uint32_t shutdown_linger_ms; /* query socket kept open after the drain */
     sb_limits limits;
     sb_router_config router;
     uint64_t retain_batches; /* [retention] ring_batches: the memory ring */
@@ -60,6 +63,12 @@ sb_err sb_config_load_string(sb_config *c, const char *text, char *why,
                              size_t n);
 /* Every SNAPBUS_<SECTION>_<KEY> in envp. */
 sb_err sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n);
+/* Why the environment entry "NAME=VALUE" is not configuration although it
+ * starts with SNAPBUS_ (a Kubernetes service link, a client's variable),
+ * or NULL if it is. */
+const char *sb_config_env_ignored(const char *entry);
+/* A debug line for each ignored entry (once the log level is set). */
+void sb_config_log_ignored_env(char *const *envp);
 /* Flags (argv[1..]). Sets *config_path from --config (read first by the
  * caller), *check from --check-config, *help from --help. */
 sb_err sb_config_load_args(sb_config *c, int argc, char *const *argv,

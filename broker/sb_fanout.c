@@ -183,6 +183,8 @@ sb_ring_find(sb_ring *r, const sb_ring_query *q, sb_blob **out,
 
 /* ---- actor ------------------------------------------------------------- */
 
+#define S_LINGER_CAP_MS SB_FANOUT_LINGER_CAP_MS
+
 struct sb_fanout {
     sb_actor *actor;
     sb_fanout_args args;
@@ -198,6 +200,17 @@ struct sb_fanout {
     sb_blob **found;
     sb_store_reader *log; /* NULL: no on-disk log */
     uint64_t low_seq; /* highest low_seq published: for the query hello */
+    /* The PUB socket's monitor (PAIR; NULL with CURVE, whose monitor is
+     * the auth actor's) and the subscriber connections it counts, so the
+     * shutdown linger can end once nobody is left to fetch the tail. */
+    void *mon;
+    int subscribers;
+    /* Draining, everything published: the epoch's last batch id (0: not
+     * yet), and when a fetch last stopped short of it (a subscriber still
+     * catching up, which keeps the linger going). */
+    int ending;
+    uint64_t end_bid;
+    uint64_t behind_ms;
 };
 
 /* Counts a new blob's bytes for as long as it lives. */
@@ -330,6 +343,10 @@ s_publish(sb_fanout *p, sb_batch *b)
     atomic_store(&p->st.retained_batches, sb_ring_count(p->ring));
     atomic_store(&p->st.retained_bytes, sb_ring_bytes(p->ring));
     atomic_fetch_add(&p->st.size_buckets[s_size_bucket(b->n)], 1);
+    /* opened_ms is the router's clock, CLOCK_MONOTONIC in the broker. */
+    uint64_t now_ms = sb_clock_mono_ns() / 1000000;
+    if (b->opened_ms != 0 && now_ms >= b->opened_ms)
+        sb_hist_observe_ns(&p->st.batch_hold, (now_ms - b->opened_ms) * 1000000);
 
     for (uint32_t i = 0; i < b->n; i++) {
         sb_req *req = b->ev[i]->req;
@@ -407,7 +424,12 @@ s_fetch(sb_fanout *p, const sb_zmq_env *env, const sb_wire_request *w)
                              res.retained_first_seq, res.retained_first_batch_id,
                              atomic_load(&p->st.last_seq),
                              atomic_load(&p->st.last_batch_id), p->args.epoch,
-                             sb_ring_low_seq(p->ring, res.last_batch_id)};
+                             sb_ring_low_seq(p->ring, res.last_batch_id),
+                             p->end_bid};
+    /* A subscriber still short of the end when the epoch is over: the
+     * linger waits for it (s_run). */
+    if (p->ending && err == SB_WERR_NONE && res.more)
+        p->behind_ms = sb_clock_mono_ns() / 1000000;
     if (sb_wire_encode_fetch_reply(w->request_id, err,
                                    err ? "the range starts before the retained batches" : NULL,
                                    &info, &buf, &len) != SB_OK ||
@@ -437,7 +459,8 @@ s_hello(sb_fanout *p, const sb_zmq_env *env, uint64_t id)
 {
     sb_hello_info h = {p->args.broker_name, p->args.limits,
                        atomic_load(&p->st.last_seq),
-                       atomic_load(&p->st.last_batch_id), p->args.epoch};
+                       atomic_load(&p->st.last_batch_id), p->args.epoch,
+                       p->end_bid};
     uint8_t *buf;
     size_t len;
 
@@ -479,8 +502,11 @@ s_query(sb_fanout *p)
         if (w.err == SB_WERR_NONE) {
             if (w.kind == SB_WREQ_HELLO)
                 s_hello(p, &env, w.request_id);
-            else
+            else {
+                uint64_t t0 = sb_clock_mono_ns();
                 s_fetch(p, &env, &w);
+                sb_hist_observe_ns(&p->st.fetch, sb_clock_mono_ns() - t0);
+            }
             continue;
         }
         atomic_fetch_add(&p->st.fetch_refused, 1);
@@ -503,6 +529,67 @@ s_read_batches(sb_fanout *p)
             s_publish(p, it.ptr);
         }
     }
+}
+
+/* The end of the epoch on the PUB socket: ["\0"][EpochEnd]. Sent again
+ * during the linger, since a subscriber at its high-water mark misses
+ * it like any batch; one that drains its queue gets a later copy. */
+static void
+s_epoch_end(sb_fanout *p)
+{
+    uint8_t *buf;
+    size_t len;
+
+    if (sb_wire_encode_epoch_end(p->args.epoch, atomic_load(&p->st.last_batch_id),
+                                 atomic_load(&p->st.last_seq), p->low_seq,
+                                 p->args.shutdown_linger_ms, &buf, &len) != SB_OK)
+        return;
+    if (zmq_send(p->pub, "", 1, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 1)
+        zmq_send(p->pub, buf, len, ZMQ_DONTWAIT);
+    free(buf);
+}
+
+/* Counts subscriber connections from the PUB socket's monitor. */
+static void
+s_watch(sb_fanout *p)
+{
+    zmq_msg_t m;
+
+    for (;;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&m) >= 2)
+            memcpy(&ev, zmq_msg_data(&m), 2);
+        int more = zmq_msg_more(&m);
+        while (more) { /* the endpoint frame */
+            zmq_msg_close(&m);
+            zmq_msg_init(&m);
+            more = zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) >= 0 && zmq_msg_more(&m);
+        }
+        zmq_msg_close(&m);
+        if (ev == ZMQ_EVENT_ACCEPTED)
+            p->subscribers++;
+        else if (ev == ZMQ_EVENT_DISCONNECTED && p->subscribers > 0)
+            p->subscribers--;
+    }
+}
+
+static int
+s_monitor(sb_fanout *p)
+{
+    char ep[64];
+    int zero = 0;
+
+    snprintf(ep, sizeof ep, "inproc://snapbus.fanout.monitor.%p", (void *) p);
+    if (zmq_socket_monitor(p->pub, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+        (p->mon = zmq_socket(p->args.zmq_ctx, ZMQ_PAIR)) == NULL)
+        return -1;
+    zmq_setsockopt(p->mon, ZMQ_LINGER, &zero, sizeof zero);
+    return zmq_connect(p->mon, ep);
 }
 
 static sb_err
@@ -541,21 +628,70 @@ s_run(sb_actor *self, void *arg)
         sb_actor_ready(self, SB_ESYS);
         return;
     }
+    /* Without CURVE (whose monitor belongs to the auth actor) the PUB
+     * socket's connections are counted, so the linger can end early. */
+    if (p->args.curve_secret == NULL && s_monitor(p) != 0 && p->mon != NULL) {
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
     sb_actor_ready(self, SB_OK);
-    while (!(p->eof && p->nout == 0)) {
-        zmq_pollitem_t it[4] = {
+    /* After the last batch (EOF, its acks handed on) the query socket is
+     * served for shutdown_linger_ms more, behind an EpochEnd marker on
+     * PUB, so that lossless subscribers can fetch the tail they missed. */
+    uint64_t end_ms = 0, mark_ms = 0, t0 = 0, fetches0 = 0;
+    for (;;) {
+        long wait = -1;
+        if (p->eof && p->nout == 0) {
+            uint64_t now = sb_clock_mono_ns() / 1000000;
+            if (end_ms == 0) {
+                end_ms = now + p->args.shutdown_linger_ms;
+                p->end_bid = atomic_load(&p->st.last_batch_id);
+                p->ending = 1;
+                t0 = now;
+                fetches0 = atomic_load(&p->st.fetches);
+                SB_LOG(SB_LOG_NOTICE, "fanout.linger",
+                       "last_batch_id=%llu linger_ms=%u subscribers=%d",
+                       (unsigned long long) atomic_load(&p->st.last_batch_id),
+                       p->args.shutdown_linger_ms,
+                       p->mon != NULL ? p->subscribers : -1);
+            }
+            if (now >= mark_ms) {
+                s_epoch_end(p);
+                mark_ms = now + 100;
+            }
+            /* A fetch that stopped short of the end is a subscriber still
+             * catching up: wait for it a linger more, but for no longer
+             * than a drain may take in all (S_LINGER_CAP_MS). */
+            if (p->behind_ms + p->args.shutdown_linger_ms > end_ms)
+                end_ms = p->behind_ms + p->args.shutdown_linger_ms;
+            if (end_ms > t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS)
+                end_ms = t0 + p->args.shutdown_linger_ms + S_LINGER_CAP_MS;
+            if (now >= end_ms || (p->mon != NULL && p->subscribers == 0)) {
+                SB_LOG(SB_LOG_NOTICE, "fanout.linger_end",
+                       "ms=%llu fetches=%llu subscribers=%d",
+                       (unsigned long long) (now - t0),
+                       (unsigned long long) (atomic_load(&p->st.fetches) - fetches0),
+                       p->mon != NULL ? p->subscribers : -1);
+                break;
+            }
+            wait = (long) ((mark_ms < end_ms ? mark_ms : end_ms) - now);
+        }
+        zmq_pollitem_t it[5] = {
             {NULL, sb_actor_cmd_fd(self), ZMQ_POLLIN, 0},
             {p->query, 0, ZMQ_POLLIN, 0},
             {NULL, sb_link_recv_fd(p->args.in), (p->nout == 0 && !p->eof) ? ZMQ_POLLIN : 0, 0},
             {NULL, sb_link_send_fd(p->args.replies), p->nout ? ZMQ_POLLIN : 0, 0},
+            {p->mon, 0, ZMQ_POLLIN, 0},
         };
-        if (zmq_poll(it, 4, -1) < 0 && errno != EINTR)
+        if (zmq_poll(it, p->mon != NULL ? 5 : 4, wait) < 0 && errno != EINTR)
             break;
         if (it[0].revents & ZMQ_POLLIN) {
             int cmd;
             if (sb_actor_cmd_recv(self, &cmd) == SB_OK && cmd == SB_CMD_STOP)
                 break;
         }
+        if (p->mon != NULL)
+            s_watch(p);
         s_flush_outbox(p);
         s_read_batches(p);
         if (it[1].revents & ZMQ_POLLIN)
@@ -565,6 +701,10 @@ s_run(sb_actor *self, void *arg)
         if (p->outbox[i].kind == SB_ITEM_REPLY)
             sb_reply_free(p->outbox[i].ptr);
     p->nout = 0;
+    if (p->mon != NULL) {
+        zmq_socket_monitor(p->pub, NULL, 0);
+        zmq_close(p->mon);
+    }
     zmq_close(p->pub);
     zmq_close(p->query);
 }

@@ -23,6 +23,9 @@
 #include "sb_wire.h"
 
 #define SB_FANOUT_SIZE_BUCKETS 14
+/* The shutdown linger can be drawn out this much by subscribers still
+ * catching up (sb_fanout_wait must allow for it). */
+#define SB_FANOUT_LINGER_CAP_MS 55000
 extern const uint32_t sb_fanout_size_bounds[SB_FANOUT_SIZE_BUCKETS - 1];
 
 typedef struct {
@@ -45,6 +48,8 @@ typedef struct {
     atomic_uint_fast64_t blob_bytes;
     atomic_uint_fast64_t pub_skipped;     /* batches not sent live: outgoing full */
     atomic_uint_fast64_t fetch_shortened; /* pages cut to one batch: outgoing full */
+    sb_hist batch_hold; /* a batch's first event in the router -> sent on PUB */
+    sb_hist fetch;      /* a fetch request read -> its reply sent */
     /* Published batches by event count, one bucket per batch (not
      * cumulative: one add per batch); bucket i holds sizes up to
      * sb_fanout_size_bounds[i], the last one everything larger. */
@@ -80,6 +85,9 @@ typedef struct {
      * bound. At it, a new batch is not sent live (subscribers see the gap
      * and fetch it from the ring) and fetch pages hold one batch. */
     uint64_t outgoing_max;
+    /* After the last batch of a drain: how long the query socket is still
+     * served (EpochEnd markers on PUB meanwhile), ms. */
+    uint32_t shutdown_linger_ms;
 } sb_fanout_args;
 
 typedef struct sb_fanout sb_fanout;
@@ -88,7 +96,8 @@ sb_err sb_fanout_new(sb_fanout **out, const sb_fanout_args *args);
 const char *sb_fanout_pub_endpoint(const sb_fanout *p);
 const char *sb_fanout_query_endpoint(const sb_fanout *p);
 sb_fanout_stats *sb_fanout_stats_get(sb_fanout *p);
-/* Waits until the actor exited after EOF (SB_ETIMEDOUT if not yet). */
+/* Waits until the actor exited after EOF and its shutdown linger
+ * (SB_ETIMEDOUT if not yet). */
 sb_err sb_fanout_wait(sb_fanout *p, int timeout_ms);
 void sb_fanout_destroy(sb_fanout **pp);
 

@@ -89,6 +89,8 @@ s_send_reply(sb_ingest *in, sb_reply *rp)
 
     if (sb_wire_encode_publish_reply(rp, &buf, &len) == SB_OK)
         s_send(in, rp->peer, rp->peer_len, rp->delimiter, buf, len);
+    if (rp->ack < 4 && rp->recv_ns != 0)
+        sb_hist_observe_ns(&in->st.ack_latency[rp->ack], sb_clock_mono_ns() - rp->recv_ns);
 }
 
 /* Replies built here from a request that never went downstream. */
@@ -109,7 +111,7 @@ s_hello(sb_ingest *in, const sb_zmq_env *env, uint64_t id)
     sb_hello_info h = {in->args.broker_name, in->args.limits,
                        in->args.last_seq ? atomic_load(in->args.last_seq) : 0,
                        in->args.last_batch_id ? atomic_load(in->args.last_batch_id) : 0,
-                       in->args.epoch};
+                       in->args.epoch, 0};
     uint8_t *buf;
     size_t len;
 

@@ -34,6 +34,7 @@ typedef struct {
     atomic_uint_fast64_t hellos;
     atomic_uint_fast64_t parked;        /* times the sequencer link was full */
     atomic_uint_fast64_t refused_by[SB_WERR_COUNT];/* by sb_werr */
+    sb_hist ack_latency[4]; /* request in -> reply out, by ack level */
 } sb_ingest_stats;
 
 typedef struct {

@@ -23,6 +23,7 @@ struct sb_link {
     uint64_t full;
     uint64_t wait_ns;
     uint64_t full_since_ns; /* 0 unless the producer holds a refused item */
+    sb_hist wait_hist;      /* one observation per wait that ended */
     int hold;               /* sb_link_set_hold: recv sees nothing */
     int recv_fd;            /* eventfd: counter 1 while count > 0 */
     int send_fd;            /* eventfd: counter 1 while count < capacity */
@@ -113,7 +114,9 @@ sb_link_send(sb_link *self, const void *item)
         return SB_EAGAIN;
     }
     if (self->full_since_ns != 0) {
-        self->wait_ns += sb_clock_mono_ns() - self->full_since_ns;
+        uint64_t waited = sb_clock_mono_ns() - self->full_since_ns;
+        self->wait_ns += waited;
+        sb_hist_observe_ns(&self->wait_hist, waited);
         self->full_since_ns = 0;
     }
     tail = (self->head + self->count) % self->capacity;
@@ -239,6 +242,7 @@ sb_link_stats_get(sb_link *self, sb_link_stats *st)
     st->sent = self->sent;
     st->full = self->full;
     st->wait_ns = self->wait_ns;
+    st->wait_hist = &self->wait_hist;
     if (self->full_since_ns != 0)
         st->wait_ns += sb_clock_mono_ns() - self->full_since_ns;
     pthread_mutex_unlock(&self->lock);

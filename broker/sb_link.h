@@ -14,6 +14,8 @@
 
 #include "sb_err.h"
 
+#include "sb_hist.h"
+
 typedef struct sb_link sb_link;
 
 typedef struct {
@@ -24,6 +26,7 @@ typedef struct {
     uint64_t sent;    /* items accepted */
     uint64_t full;    /* sends refused because the link was full */
     uint64_t wait_ns; /* time the producer spent with a refused item */
+    const sb_hist *wait_hist; /* each of those waits; lives as long as the link */
 } sb_link_stats;
 
 sb_err sb_link_new(sb_link **out, const char *name, size_t item_size,

@@ -221,7 +221,8 @@ s_check_reserve(sb_logstore *a, uint64_t now)
         if (rc != SB_OK && !a->low_space)
             SB_LOG(SB_LOG_WARN, "logstore.low_space",
                    "err=%s errno=%d why=\"no room for the next segment: "
-                   "publishes are refused until there is\"",
+                   "publishes are refused until there is; free space, or lower "
+                   "storage.segment_bytes (the log needs 2 segments free)\"",
                    sb_strerror(rc), sb_os_errno());
     }
     low = !sb_store_reserved(a->store);
@@ -461,7 +462,9 @@ s_storage(sb_logstore *a, uint64_t now)
         uint64_t t0 = sb_clock_mono_ns();
         if ((rc = sb_store_sync(a->store)) == SB_OK) {
             atomic_fetch_add(&a->st.fsyncs, 1);
-            atomic_fetch_add(&a->st.fsync_ns, sb_clock_mono_ns() - t0);
+            uint64_t took = sb_clock_mono_ns() - t0;
+            atomic_fetch_add(&a->st.fsync_ns, took);
+            sb_hist_observe_ns(&a->st.fsync, took);
             a->last_sync_ms = now;
             s_synced(a);
             moved = 1;

@@ -67,6 +67,7 @@ typedef struct {
     atomic_uint_fast64_t acks;             /* durable replies sent */
     atomic_uint_fast64_t rebatched;        /* events fed again at start */
     atomic_uint_fast64_t parked;           /* times an output was full */
+    sb_hist fsync;                         /* each of those fsyncs */
 } sb_logstore_stats;
 
 typedef struct {

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +103,36 @@ s_label_value(s_buf *b, const char *v)
     }
 }
 
+/* One histogram sample set (the family's head written by the caller):
+ * cumulative buckets at sb_hist_bounds_s, +Inf, _sum in seconds, _count.
+ * labels: "" or 'queue="x",' style text ending in a comma. */
+static void
+s_hist(s_buf *b, const char *name, const char *labels, const sb_hist *h)
+{
+    uint64_t cum = 0;
+    size_t ll = strlen(labels);
+
+    for (size_t i = 0; i <= SB_HIST_N; i++) {
+        cum += S_LOAD(h->n[i]);
+        if (i < SB_HIST_N)
+            s_put(b, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, sb_hist_bounds_s[i],
+                  (unsigned long long) cum);
+        else
+            s_put(b, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels,
+                  (unsigned long long) cum);
+    }
+    /* Without labels the sum and count take none; with them, the same
+     * labels minus the trailing comma. */
+    if (ll == 0) {
+        s_put(b, "%s_sum %.9f\n%s_count %llu\n", name, (double) S_LOAD(h->sum_ns) / 1e9,
+              name, (unsigned long long) cum);
+    } else {
+        s_put(b, "%s_sum{%.*s} %.9f\n%s_count{%.*s} %llu\n", name, (int) ll - 1, labels,
+              (double) S_LOAD(h->sum_ns) / 1e9, name, (int) ll - 1, labels,
+              (unsigned long long) cum);
+    }
+}
+
 /* ---- families --------------------------------------------------------- */
 
 /* Indexed by the wire ErrorCode, as sb_ingest_stats.refused_by is. */
@@ -157,6 +188,15 @@ s_render_ingest(s_buf *b, const sb_ingest_stats *in)
              "Times the ingest held a request because the sequencer's queue was "
              "full (backpressure reaching the publishers).",
              S_LOAD(in->parked));
+    s_head(b, "snapbus_ack_latency_seconds", "histogram",
+           "Publish request read by the ingest -> its reply sent, by the "
+           "request's ack level (none: refusals only).");
+    static const char *const levels[4] = {"none", "sequenced", "durable", "published"};
+    for (size_t i = 0; i < 4; i++) {
+        char l[40];
+        snprintf(l, sizeof l, "ack=\"%s\",", levels[i]);
+        s_hist(b, "snapbus_ack_latency_seconds", l, &in->ack_latency[i]);
+    }
 }
 
 static void
@@ -232,6 +272,14 @@ s_render_fanout(s_buf *b, const sb_fanout_stats *f)
     s_metric(b, "snapbus_fanout_parked_total", "counter",
              "Times the fan-out held acks because the ingest's queue was full.",
              S_LOAD(f->parked));
+    s_head(b, "snapbus_batch_hold_seconds", "histogram",
+           "A batch's first event in the router -> the batch sent on the PUB "
+           "socket (the delay, plus the log and the queues).");
+    s_hist(b, "snapbus_batch_hold_seconds", "", &f->batch_hold);
+    s_head(b, "snapbus_fetch_duration_seconds", "histogram",
+           "A fetch request read on the query socket -> its reply sent "
+           "(memory ring or on-disk log).");
+    s_hist(b, "snapbus_fetch_duration_seconds", "", &f->fetch);
 }
 
 static void
@@ -275,8 +323,9 @@ s_render_dedup(s_buf *b, const sb_dedup_stats *d)
     s_metric(b, "snapbus_dedup_rebuild_events", "gauge",
              "Events read from the log to rebuild the index at start.",
              S_LOAD(d->rebuild_events));
-    s_metric(b, "snapbus_dedup_rebuild_milliseconds", "gauge",
-             "Time the rebuild at start took.", S_LOAD(d->rebuild_ms));
+    s_head(b, "snapbus_dedup_rebuild_seconds", "gauge",
+           "Time the rebuild at start took.");
+    s_put(b, "snapbus_dedup_rebuild_seconds %.3f\n", (double) S_LOAD(d->rebuild_ms) / 1e3);
 }
 
 static void
@@ -327,6 +376,26 @@ s_render_log(s_buf *b, const sb_logstore_stats *l)
     s_metric(b, "snapbus_log_parked_total", "counter",
              "Times the log store waited for room on an output queue.",
              S_LOAD(l->parked));
+    s_head(b, "snapbus_log_fsync_duration_seconds", "histogram",
+           "Each fdatasync of the on-disk log that released acks or batches.");
+    s_hist(b, "snapbus_log_fsync_duration_seconds", "", &l->fsync);
+}
+
+/* The log's file system, read at each scrape, so "storage near full" can
+ * be alerted on from the broker's own metrics. */
+static void
+s_render_disk(s_buf *b, const char *dir)
+{
+    struct statvfs fs;
+
+    if (statvfs(dir, &fs) != 0)
+        return;
+    s_metric(b, "snapbus_log_disk_size_bytes", "gauge",
+             "Size of the file system holding the on-disk log.",
+             (uint64_t) fs.f_blocks * fs.f_frsize);
+    s_metric(b, "snapbus_log_disk_free_bytes", "gauge",
+             "Bytes free for the broker on that file system (statvfs f_bavail).",
+             (uint64_t) fs.f_bavail * fs.f_frsize);
 }
 
 static void
@@ -463,6 +532,22 @@ s_render_links(s_buf *b, sb_link *const *links, size_t n)
             }
         }
     }
+    s_head(b, "snapbus_queue_wait_seconds", "histogram",
+           "Each wait of a queue's sender for room (the queue was full), from "
+           "the refused send to the one that went in.");
+    for (size_t i = 0; i < n; i++) {
+        char l[96];
+        size_t k = (size_t) snprintf(l, sizeof l, "queue=\"");
+        /* queue names are fixed identifiers, but escape them all the same */
+        for (const char *v = st[i].name; *v && k + 4 < sizeof l; v++) {
+            if (*v == '\\' || *v == '"' || *v == '\n')
+                l[k++] = '\\';
+            l[k++] = *v == '\n' ? 'n' : *v;
+        }
+        snprintf(l + k, sizeof l - k, "\",");
+        if (st[i].wait_hist != NULL)
+            s_hist(b, "snapbus_queue_wait_seconds", l, st[i].wait_hist);
+    }
 }
 
 static void
@@ -474,8 +559,10 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
     s_label_value(b, version != NULL ? version : "");
     s_put(b, "\",protocol=\"%d\"} 1\n", SB_WIRE_VERSION);
     s_metric(b, "snapbus_ready", "gauge",
-             "1 while every actor runs and intake is open (/readyz is 200).",
-             st == SB_METRICS_READY);
+             "1 while every actor runs, intake is open and the log has room "
+             "(/readyz is 200).",
+             st == SB_METRICS_READY &&
+                 (src == NULL || src->log == NULL || S_LOAD(src->log->storage_full) == 0));
     s_metric(b, "snapbus_draining", "gauge",
              "1 after SIGTERM while open batches are flushed and acks sent.",
              st == SB_METRICS_DRAINING);
@@ -493,6 +580,8 @@ s_render_all(s_buf *b, const sb_metrics_sources *src, sb_metrics_state st,
         s_render_fanout(b, src->fanout);
     if (src->log != NULL)
         s_render_log(b, src->log);
+    if (src->log_dir != NULL)
+        s_render_disk(b, src->log_dir);
     if (src->auth != NULL)
         s_render_auth(b, src->auth);
     if (src->dedup != NULL)
@@ -676,6 +765,15 @@ s_text(struct MHD_Connection *c, unsigned code, const char *text)
     return s_reply(c, code, "text/plain; charset=utf-8", body, strlen(body));
 }
 
+/* 1 while the log refuses publishes for lack of disk: not ready, so an
+ * orchestrator sends publishers elsewhere and an operator sees why. */
+static int
+s_storage_full(const sb_metrics *m)
+{
+    return atomic_load(&m->attached) && m->src.log != NULL &&
+           S_LOAD(m->src.log->storage_full) != 0;
+}
+
 static enum MHD_Result
 s_handle(void *cls, struct MHD_Connection *c, const char *url,
          const char *method, const char *version, const char *upload,
@@ -694,6 +792,10 @@ s_handle(void *cls, struct MHD_Connection *c, const char *url,
     if (strcmp(url, "/healthz") == 0)
         return s_text(c, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0) {
+        if (st == SB_METRICS_READY && s_storage_full(m))
+            return s_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          "storage full: publishes are refused (free space, or "
+                          "lower storage.segment_bytes)\n");
         if (st == SB_METRICS_READY)
             return s_text(c, MHD_HTTP_OK, "ready\n");
         return s_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
@@ -712,9 +814,6 @@ s_handle(void *cls, struct MHD_Connection *c, const char *url,
         return s_reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
                        b.p, b.len);
     }
-    if (strcmp(url, "/") == 0)
-        return s_text(c, MHD_HTTP_OK,
-                      "snapbus broker: /metrics /healthz /readyz\n");
     return s_text(c, MHD_HTTP_NOT_FOUND, "not found: /metrics /healthz /readyz\n");
 }
 

@@ -58,6 +58,7 @@ typedef struct {
      * credit of requests in flight. Both NULL: left out. */
     const sb_budget_plan *budget;
     sb_credit *credit;
+    const char *log_dir;          /* storage.dir: its file system's free space */
 } sb_metrics_sources;
 
 /* Renders every metric of src as Prometheus text into a malloc'd,

@@ -110,6 +110,7 @@ sb_reply_from_req(sb_reply **out, const sb_req *req)
     if (rp->credit != NULL)
         sb_credit_take(rp->credit, mem);
     rp->request_id = req->request_id;
+    rp->recv_ns = req->recv_ns;
     rp->ack = req->ack;
     rp->delimiter = req->delimiter;
     rp->peer_len = req->peer_len;

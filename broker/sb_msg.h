@@ -149,6 +149,7 @@ typedef struct sb_reply {
     struct sb_credit *credit; /* its request's, charged with its size */
     size_t mem_bytes;
     uint64_t request_id;
+    uint64_t recv_ns; /* the request's, for the ack latency */
     uint8_t ack;
     uint8_t delimiter;
     uint8_t peer_len;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -394,5 +395,42 @@ sb_os_list_dir(const char *dir, int (*fn)(const char *name, void *ctx),
             break;
     }
     closedir(d);
+    return SB_OK;
+}
+
+sb_err
+sb_os_lock_dir(const char *dir, int *fd, long *holder)
+{
+    char path[1100], pid[32];
+    int f;
+
+    *holder = 0;
+    if ((size_t) snprintf(path, sizeof path, "%s/LOCK", dir) >= sizeof path)
+        return SB_EINVAL;
+    if ((f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0)
+        return s_fail(errno);
+    while (flock(f, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (e == EINTR)
+            continue;
+        if (e == EWOULDBLOCK) {
+            ssize_t n = pread(f, pid, sizeof pid - 1, 0);
+            pid[n > 0 ? n : 0] = '\0';
+            *holder = strtol(pid, NULL, 10);
+        }
+        close(f);
+        s_errno = e;
+        return e == EWOULDBLOCK ? SB_EAGAIN : sb_os_err_of(e);
+    }
+    /* The PID is only for the message a second broker prints: the lock
+     * itself is the flock, which the kernel drops when this process dies,
+     * so a stale file never blocks a start. */
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long) getpid());
+    if (ftruncate(f, 0) != 0 || pwrite(f, pid, (size_t) n, 0) != n) {
+        int e = errno;
+        close(f);
+        return s_fail(e);
+    }
+    *fd = f;
     return SB_OK;
 }

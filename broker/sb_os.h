@@ -1,4 +1,5 @@
-/* The file-system calls of the on-disk log, and nothing else.
+/* The file-system calls of the on-disk log, and the directory lock that
+ * keeps a second broker off it; nothing else.
  *
  * Only this module (and main.c, for signals) talks to the OS about files:
  * the log's core (sb_store_*.c) reaches open/pwrite/fdatasync/rename only
@@ -80,6 +81,17 @@ sb_err sb_os_mkdirs(const char *path);
  * when fn returns non-zero. */
 sb_err sb_os_list_dir(const char *dir, int (*fn)(const char *name, void *ctx),
                       void *ctx);
+
+/* ---- one broker per directory ------------------------------------------ */
+
+/* Takes an exclusive flock on dir/LOCK (created if missing) and writes this
+ * process's PID into it, for the life of the process: *fd stays open (and
+ * is not inherited across exec). flock, not fcntl locks, so the lock is
+ * the open file's and no other descriptor of this process can drop it.
+ * SB_EAGAIN when another process holds it: *holder is its PID as written
+ * in the file (0 if it has not written one yet). Other failures (no such
+ * directory, no permission) map as above, errno in sb_os_errno(). */
+sb_err sb_os_lock_dir(const char *dir, int *fd, long *holder);
 
 /* ---- test hooks -------------------------------------------------------- */
 

@@ -444,7 +444,8 @@ sb_store_open(sb_store **out, const sb_store_config *cfg,
     if (sbs_prepare_spare(s) != SB_OK)
         SB_LOG(SB_LOG_WARN, "store.no_reserve",
                "dir=%s bytes=%" PRIu64 " errno=%d why=\"no room for the next "
-               "segment: publishes are refused until there is\"",
+               "segment: publishes are refused until there is; free space, or "
+               "lower storage.segment_bytes (the log needs 2 segments free)\"",
                s->dir, s->cfg.segment_bytes, sb_os_errno());
     if ((rc = s_fill_recovery(s, rec)) != SB_OK)
         goto fail;

@@ -569,11 +569,33 @@ sb_wire_encode_hello_reply_low(uint64_t request_id, const sb_hello_info *h,
     hr.low_seq = low_seq;
     hr.shard_index = h->limits.shard_index;
     hr.shard_count = h->limits.shard_count;
+    hr.end_batch_id = h->end_batch_id;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.body_case = SNAPBUS__REPLY__BODY_HELLO;
     m.hello = &hr;
     return s_pack_reply(&m, buf, len);
+}
+
+sb_err
+sb_wire_encode_epoch_end(uint64_t epoch, uint64_t last_batch_id,
+                         uint64_t last_seq, uint64_t low_seq,
+                         uint32_t linger_ms, uint8_t **buf, size_t *len)
+{
+    Snapbus__EpochEnd m = SNAPBUS__EPOCH_END__INIT;
+    size_t n;
+
+    m.version = SB_WIRE_VERSION;
+    m.epoch = epoch;
+    m.last_batch_id = last_batch_id;
+    m.last_seq = last_seq;
+    m.linger_ms = linger_ms;
+    m.low_seq = low_seq;
+    n = snapbus__epoch_end__get_packed_size(&m);
+    if ((*buf = malloc(n ? n : 1)) == NULL)
+        return SB_ENOMEM;
+    *len = snapbus__epoch_end__pack(&m, *buf);
+    return SB_OK;
 }
 
 sb_err
@@ -592,6 +614,7 @@ sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err, const char *detail,
     fr.last_batch_id_published = f->last_batch_id_published;
     fr.epoch = f->epoch;
     fr.cursor_low_seq = f->cursor_low_seq;
+    fr.end_batch_id = f->end_batch_id;
     m.version = SB_WIRE_VERSION;
     m.request_id = request_id;
     m.error = (Snapbus__ErrorCode) err;

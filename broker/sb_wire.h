@@ -98,6 +98,7 @@ typedef struct {
     uint64_t last_seq;
     uint64_t last_batch_id;
     uint64_t epoch;
+    uint64_t end_batch_id; /* stopping: the epoch's last batch; 0: running */
 } sb_hello_info;
 
 sb_err sb_wire_encode_hello_reply(uint64_t request_id, const sb_hello_info *h,
@@ -111,6 +112,14 @@ sb_err sb_wire_encode_hello_reply_low(uint64_t request_id,
 /* The FetchReply's fields are sb_fetch_page (common/), the struct the
  * client reads replies into; sb_fetch_info_w is the fan-out's name for it. */
 typedef sb_fetch_page sb_fetch_info_w;
+
+/* EpochEnd: the marker a stopping broker publishes after its last batch
+ * (docs/PROTOCOL.md section 10.8). */
+sb_err sb_wire_encode_epoch_end(uint64_t epoch, uint64_t last_batch_id,
+                                uint64_t last_seq, uint64_t low_seq,
+                                uint32_t linger_ms, uint8_t **buf,
+                                size_t *len);
+
 
 /* err != SB_WERR_NONE: a refusal that still tells where retention is. */
 sb_err sb_wire_encode_fetch_reply(uint64_t request_id, sb_werr err,

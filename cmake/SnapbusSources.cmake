@@ -15,8 +15,8 @@ endfunction()
 sb_sources(SB_COMMON_SRC common sb_err.c sb_keys.c sb_shard.c sb_utf8.c)
 
 # Broker services with no broker logic.
-sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_link.c sb_log.c
-  sb_map.c sb_msg.c sb_os.c)
+sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_hist.c sb_link.c
+  sb_log.c sb_map.c sb_msg.c sb_os.c)
 
 # The on-disk log (sb_store.h; sb_store_int.h inside).
 sb_sources(SB_STORE_SRC broker sb_store_format.c sb_store_reader.c

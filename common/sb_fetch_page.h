@@ -17,6 +17,7 @@ typedef struct {
     uint64_t last_batch_id_published; /* newest batch id published */
     uint64_t epoch;                   /* as in HelloReply */
     uint64_t cursor_low_seq; /* seqs below it are in batches <= cursor */
+    uint64_t end_batch_id;   /* stopping: the epoch's last batch; 0: running */
 } sb_fetch_page;
 
 #endif

@@ -64,6 +64,13 @@ extern volatile sig_atomic_t cli_stop;
 void cli_stop_on_signals(void);
 /* After recv returned SB_ENOENT: one line on stderr saying what was lost. */
 void cli_report_loss(const char *who, const sb_subscriber *s);
+/* At exit: batches a stopping broker named that were never fetched
+ * (sb_subscriber_unchecked) are a loss: one line on stderr, returns 1. */
+int cli_report_unchecked(const char *who, const sb_subscriber *s);
+/* With a query endpoint and timeout_ms >= 0: hello within timeout_ms;
+ * -1 after "no broker answered at EP within N ms" on stderr. */
+int cli_subscriber_start(const char *who, sb_subscriber *s,
+                         const sb_subscriber_opts *so, int timeout_ms);
 
 /* `snapbus keygen NAME` (cli_keys.c). */
 int cli_keygen(int argc, char **argv);

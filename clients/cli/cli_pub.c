@@ -20,10 +20,12 @@ typedef struct {
     s_outcome *v; /* by token - 1 - base */
     size_t cap;
     uint64_t base;    /* tokens before v[0] were printed and dropped */
+    size_t head;      /* v[0..head) are printed too */
     uint64_t printed; /* tokens printed so far */
     sb_ack ack;
     int refused;
     int oom;
+    uint64_t n_acked, n_refused, n_unknown; /* for the summary */
 } s_outcomes;
 
 static void
@@ -39,7 +41,9 @@ s_print(const s_outcomes *o, const sb_ack_info *a)
         putchar('\n');
         return;
     }
-    printf("error: %s", sb_strerror(a->err));
+    /* No answer is not a refusal: the broker may have taken it. */
+    printf("error: %s", a->err == SB_ETIMEDOUT ? "timed out, fate unknown"
+                                               : sb_strerror(a->err));
     /* The broker's reason names the field, the value and the limit. */
     if (a->detail != NULL && a->detail[0] != '\0' &&
         strcmp(a->detail, sb_strerror(a->err)) != 0)
@@ -56,6 +60,12 @@ s_on_ack(const sb_ack_info *a, void *ctx)
 
     if (a->err != SB_OK && a->err != SB_EDUP)
         o->refused = 1;
+    if (a->err == SB_OK || a->err == SB_EDUP)
+        o->n_acked++;
+    else if (a->err == SB_ETIMEDOUT)
+        o->n_unknown++;
+    else
+        o->n_refused++;
     if (o->ack == SB_ACK_NONE) {
         /* Only refusals come back; print them as they come. */
         printf("event %" PRIu64 " ", a->token);
@@ -81,14 +91,17 @@ s_on_ack(const sb_ack_info *a, void *ctx)
     }
     o->v[i].done = 1;
     o->v[i].a = *a;
-    /* Print the run of finished outcomes at the front, then drop it. */
-    size_t k = 0;
-    while (k < o->cap && o->v[k].done)
-        s_print(o, &o->v[k++].a);
-    if (k > 0) {
+    /* Print the run of finished outcomes at the front; drop the printed
+     * ones only once they are half the array, so that a backlog of
+     * replies costs O(1) each, not a move of the whole array. */
+    while (o->head < o->cap && o->v[o->head].done)
+        s_print(o, &o->v[o->head++].a);
+    if (o->head > 0 && o->head >= o->cap / 2) {
+        size_t k = o->head;
         memmove(o->v, o->v + k, (o->cap - k) * sizeof *o->v);
         memset(o->v + o->cap - k, 0, k * sizeof *o->v);
         o->base += k;
+        o->head = 0;
     }
 }
 
@@ -112,7 +125,9 @@ s_help(FILE *f)
         "  -t, --type T          event type (default 'message')\n"
         "  -c, --caused-by SEQ   seq of the causing event\n"
         "  -s, --source-pos N    source position (e.g. a block height)\n"
-        "  -T, --timeout-ms MS   longest wait for the broker (default 10000)\n"
+        "  -T, --timeout-ms MS   the whole wait for the broker: its hello,\n"
+        "                        taking the events, their acks (default\n"
+        "                        10000)\n"
         "  -P, --producer-id ID  idempotent publishing: this producer id (or\n"
         "                        SNAPBUS_PRODUCER_ID) and producer seqs from\n"
         "  --producer-seq-start N  (default 1): a resend of the same events\n"
@@ -122,12 +137,13 @@ s_help(FILE *f)
         "  -h, --help            this help\n"
         "\n"
         "With --ack none a refusal may come back after a short grace time\n"
-        "or not be seen at all: fire-and-forget is not a delivery report.\n"
+        "or not be seen at all: fire-and-forget is not a delivery report;\n"
+        "a hello after the events shows the broker has read them.\n"
         "\n"
-        "exit codes: 0 every event taken (or a duplicate of one taken\n"
-        "before), 1 the broker (or the library, before sending) refused\n"
-        "some event, 2 usage, 3 no broker answered or timed out (the fate\n"
-        "of unanswered events is unknown).\n");
+        "exit codes: 0 every event taken, 1 the broker refused some event,\n"
+        "2 usage, 3 no broker answered within -T, or an event's fate is\n"
+        "unknown (timed out); a summary line (sent, acked, refused, fate\n"
+        "unknown) then goes to stderr.\n");
 }
 
 static int
@@ -151,18 +167,35 @@ s_parse_ack(const char *s, sb_ack *out)
 }
 
 static int
-s_publish(sb_publisher *p, sb_pub_event *ev, const void *data, size_t len)
+s_publish(sb_publisher *p, sb_pub_event *ev, const void *data, size_t len,
+          uint64_t *sent)
 {
     ev->payload = data;
     ev->payload_len = len;
     sb_err rc = sb_publisher_publish(p, ev, 0, NULL);
+    if (rc == SB_ETIMEDOUT) {
+        fprintf(stderr, "snapbus pub: timed out: the broker took no more "
+                        "events within --timeout-ms\n");
+        return CLI_FAILED;
+    }
     if (rc != SB_OK) {
         const char *why = sb_publisher_last_error(p);
         fprintf(stderr, "snapbus pub: %s%s%s\n", sb_strerror(rc),
                 why[0] ? ": " : "", why);
         return rc == SB_EINVAL || rc == SB_ETOOBIG ? CLI_REFUSED : CLI_FAILED;
     }
+    (*sent)++;
     return CLI_OK;
+}
+
+/* What is left of the whole wait; -1: none set. */
+static int
+s_left(int timeout_ms, uint64_t t0)
+{
+    if (timeout_ms < 0)
+        return -1;
+    uint64_t el = (cli_now_ns() - t0) / 1000000;
+    return el >= (uint64_t)timeout_ms ? 0 : (int)((uint64_t)timeout_ms - el);
 }
 
 int
@@ -261,10 +294,26 @@ cli_pub(int argc, char **argv)
     }
     sb_publisher_on_ack(p, s_on_ack, &out);
 
-    if (optind < argc) {
+    /* -T is the whole wait: a broker that is not there is told apart
+     * from one that is slow before any event is taken. */
+    uint64_t t0 = cli_now_ns(), sent = 0;
+    e = sb_publisher_hello(p, s_left(po.timeout_ms, t0));
+    if (e != SB_OK) {
+        if (e == SB_ETIMEDOUT)
+            fprintf(stderr, "snapbus pub: no broker answered at %s within %d ms%s\n",
+                    po.endpoint, po.timeout_ms,
+                    po.curve.server_key != NULL
+                        ? " (with CURVE: is --server-key the broker's, and this "
+                          "client's key on its publisher list?)"
+                        : "");
+        else
+            fprintf(stderr, "snapbus pub: %s: %s\n", po.endpoint, sb_strerror(e));
+        rc = CLI_FAILED;
+    }
+    if (rc == CLI_OK && optind < argc) {
         for (int i = optind; i < argc && rc == CLI_OK; i++)
-            rc = s_publish(p, &ev, argv[i], strlen(argv[i]));
-    } else {
+            rc = s_publish(p, &ev, argv[i], strlen(argv[i]), &sent);
+    } else if (rc == CLI_OK) {
         char *line = NULL;
         size_t cap = 0;
         ssize_t n;
@@ -273,33 +322,47 @@ cli_pub(int argc, char **argv)
                 n--;
             if (n > 0 && line[n - 1] == '\r')
                 n--;
-            rc = s_publish(p, &ev, line, (size_t)n);
+            rc = s_publish(p, &ev, line, (size_t)n, &sent);
         }
         free(line);
     }
 
-    e = sb_publisher_wait_all(p, po.timeout_ms);
-    if (e != SB_OK) {
-        fprintf(stderr, "snapbus pub: waiting for the broker: %s\n",
-                sb_strerror(e));
-        /* A refused CURVE handshake looks like silence from here. */
-        if (e == SB_ETIMEDOUT)
-            fprintf(stderr, "snapbus pub: %s\n",
-                    po.curve.server_key != NULL
-                        ? "with CURVE: is --server-key the broker's, and this "
-                          "client's key on its publisher list?"
-                        : "a broker running CURVE refuses plain clients "
-                          "(--server-key, --client-key)");
-        rc = CLI_FAILED;
-    } else if (po.ack == SB_ACK_NONE) {
-        /* A refusal of a fire-and-forget request needs a round trip to
-         * come back; wait that long before giving up on hearing it. */
-        uint64_t end = cli_now_ns() + 200 * 1000000ull;
-        while (cli_now_ns() < end)
-            (void)sb_publisher_poll(p, 50);
+    if (rc != CLI_FAILED) {
+        sb_publisher_set_timeout(p, s_left(po.timeout_ms, t0));
+        e = sb_publisher_wait_all(p, s_left(po.timeout_ms, t0));
+        if (e == SB_OK && po.ack == SB_ACK_NONE) {
+            /* Fire-and-forget: a hello behind the events shows the broker
+             * read them, and gives a refusal the time to come back. */
+            e = sb_publisher_hello(p, s_left(po.timeout_ms, t0));
+            (void)sb_publisher_poll(p, 0);
+        }
+        if (e == SB_ETIMEDOUT) {
+            fprintf(stderr, "snapbus pub: timed out, fate unknown: no answer "
+                            "from %s within %d ms\n",
+                    po.endpoint, po.timeout_ms);
+            rc = CLI_FAILED;
+        } else if (e != SB_OK) {
+            fprintf(stderr, "snapbus pub: %s: %s\n", po.endpoint, sb_strerror(e));
+            rc = CLI_FAILED;
+        }
     }
-    /* Unanswered events are reported (SB_ETIMEDOUT/SB_ECLOSED) here. */
+    /* Destroy waits no longer than what is left of -T; it reports the
+     * events still without an answer (SB_ETIMEDOUT: fate unknown). */
+    sb_publisher_set_timeout(p, s_left(po.timeout_ms, t0));
     sb_publisher_destroy(&p);
+    fflush(stdout);
+    if (rc == CLI_FAILED || out.n_unknown > 0) {
+        if (po.ack == SB_ACK_NONE)
+            fprintf(stderr, "snapbus pub: sent=%" PRIu64 " acked=- refused=%" PRIu64
+                            " fate unknown=%" PRIu64 "\n",
+                    sent, out.n_refused, rc == CLI_FAILED ? sent - out.n_refused : 0);
+        else
+            fprintf(stderr, "snapbus pub: sent=%" PRIu64 " acked=%" PRIu64
+                            " refused=%" PRIu64 " fate unknown=%" PRIu64 "\n",
+                    sent, out.n_acked, out.n_refused,
+                    sent - out.n_acked - out.n_refused);
+        rc = CLI_FAILED;
+    }
     free(out.v);
     fflush(stdout);
     if (rc == CLI_OK && (out.refused || out.oom))

@@ -38,7 +38,8 @@ s_help(FILE *f)
         "  -x, --exact NAME      exactly aggregate NAME (repeatable)\n"
         "  -r, --resume SEQ      from every batch holding a seq >= SEQ\n"
         "  -n, --count N         stop after N events\n"
-        "  -T, --timeout-ms MS   stop after MS without a batch\n"
+        "  -T, --timeout-ms MS   stop after MS without a batch (exit 3);\n"
+        "                        also the wait for the broker's hello\n"
         "  -H, --rcvhwm N        receive high-water mark, batches (default\n"
         "                        10000); past it the PUB socket drops and\n"
         "                        --query fills the gap\n"
@@ -52,9 +53,12 @@ s_help(FILE *f)
         "...), not the seqs, aggregate seqs and batch ids the broker gave\n"
         "them: replaying assigns new ones. For those, 'snapbus sub --json'.\n"
         "\n"
-        "exit codes: 0 done (--count, --generate, SIGINT/SIGTERM), 2 usage,\n"
-        "3 no broker, no batch for --timeout-ms, events lost (out of the\n"
-        "broker's retention: a history with a hole), or a write error.\n");
+        "When the broker stops, the batches its end-of-epoch marker names are\n"
+        "fetched (with --query) while it keeps its query socket open; batches\n"
+        "not fetched by then, or when record is stopped, count as lost.\n"
+        "\n"
+        "exit codes: 0 ok, 2 usage, 3 a loss, no broker answered, no batch\n"
+        "within -T, or a write error.\n");
 }
 
 static int
@@ -245,6 +249,8 @@ cli_record(int argc, char **argv)
         rc = e == SB_EINVAL ? CLI_USAGE : CLI_FAILED;
     }
     cli_stop_on_signals();
+    if (rc == CLI_OK && cli_subscriber_start("snapbus record", s, &so, timeout_ms) != 0)
+        rc = CLI_FAILED;
     uint64_t events = 0;
     while (rc == CLI_OK && !cli_stop && (count == 0 || events < count)) {
         sb_snapshot *b;
@@ -280,6 +286,12 @@ cli_record(int argc, char **argv)
     if (s != NULL) {
         sb_subscriber_stats st;
         sb_subscriber_stats_get(s, &st);
+        /* Stopped before the tail a stopping broker named was fetched:
+         * that is a loss too, never "lost 0". */
+        if (cli_report_unchecked("snapbus record", s)) {
+            st.lost++;
+            rc = CLI_FAILED;
+        }
         fprintf(stderr,
                 "snapbus record: %" PRIu64 " events, %" PRIu64
                 " batches (gaps %" PRIu64 ", filled %" PRIu64

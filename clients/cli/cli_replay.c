@@ -211,6 +211,8 @@ typedef struct {
     uint64_t acked;
     uint64_t duplicates; /* of acked: the broker had them already */
     uint64_t refused;
+    uint64_t closed;     /* of refused: the broker said it is shutting down */
+    uint64_t unknown;    /* no answer in time: fate unknown */
     sb_err first_err;
 } s_count;
 
@@ -224,10 +226,40 @@ s_on_ack(const sb_ack_info *a, void *ctx)
          * file twice is idempotent, not a refusal. */
         c->acked++;
         c->duplicates += a->err == SB_EDUP;
+    } else if (a->err == SB_ETIMEDOUT) {
+        c->unknown++;
     } else {
+        c->closed += a->err == SB_ECLOSED;
         if (c->refused++ == 0)
             c->first_err = a->err;
     }
+}
+
+/* -T bounds the wait between two signs of progress (an answer came, or a
+ * request went out), not the run: the library's calls wait in slices of
+ * a quarter of it, and after each slice that ended in SB_ETIMEDOUT this
+ * says whether to wait on (1) or give up (0). */
+typedef struct {
+    uint64_t mark;    /* answers + requests at the last move */
+    uint64_t last_ns; /* when it moved */
+    int wait_ms;
+} s_progress_t;
+
+static int
+s_moved(const sb_publisher *p, s_progress_t *g)
+{
+    sb_publisher_stats st;
+    uint64_t now = cli_now_ns();
+
+    sb_publisher_stats_get(p, &st);
+    uint64_t m = st.acked + st.refused + st.requests + st.resends;
+    if (m != g->mark) {
+        g->mark = m;
+        g->last_ns = now;
+        return 1;
+    }
+    return g->wait_ms < 0 ||
+           now - g->last_ns < (uint64_t)g->wait_ms * 1000000ull;
 }
 
 static void
@@ -271,14 +303,27 @@ s_help(FILE *f)
         "  -a, --ack LEVEL       none|sequenced|published (default sequenced)\n"
         "  -w, --window N        requests awaiting their ack (default 64)\n"
         "  -b, --batch N         events per request, at most (default 1000)\n"
-        "  -T, --timeout-ms MS   longest wait for the last acks (default\n"
-        "                        60000)\n"
+        "  -T, --timeout-ms MS   longest wait without progress (no answer\n"
+        "                        from the broker, no request taken), also for\n"
+        "                        its hello at the start (default 60000)\n"
+        "  -P, --producer-id ID  idempotent publishing (or SNAPBUS_PRODUCER_ID):\n"
+        "                        events without a producer id of their own get\n"
+        "                        this one and seqs from --producer-seq-start N\n"
+        "                        (default 1), so a replay run again is answered\n"
+        "                        with the original seqs (docs/PUBLISHING.md)\n"
+        "  -R, --retry           when the broker stops or vanishes, keep what\n"
+        "                        it did not take and send it again once a\n"
+        "                        broker answers (needs --producer-id); gives up\n"
+        "                        after --timeout-ms without a broker\n"
         "  -q, --quiet           no progress line\n"
         CLI_CURVE_HELP
         "  -h, --help            this help\n"
         "\n"
+        "The summary line: sent (taken from the file), acked, refused, and\n"
+        "fate unknown (no answer: the broker may or may not have them).\n"
         "exit codes: 0 all taken, 1 the broker refused some event,\n"
-        "2 usage, 3 the file is unreadable or the broker did not answer.\n");
+        "2 usage, 3 the file is unreadable, no broker answered, the broker\n"
+        "stopped (without --retry), or a fate is unknown.\n");
 }
 
 int
@@ -291,21 +336,27 @@ cli_replay(int argc, char **argv)
         {"batch", required_argument, NULL, 'b'},
         {"timeout-ms", required_argument, NULL, 'T'},
         {"quiet", no_argument, NULL, 'q'},
+        {"producer-id", required_argument, NULL, 'P'},
+        {"producer-seq-start", required_argument, NULL, 'S'},
+        {"retry", no_argument, NULL, 'R'},
         CLI_CURVE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     sb_publisher_opts po;
     cli_curve ck = {0};
-    int c, quiet = 0, wait_ms = 60000, n;
+    int c, quiet = 0, wait_ms = 60000, n, retry = 0;
     s_count cnt = {0};
 
     sb_publisher_opts_defaults(&po);
-    /* Publish waits for the broker as long as it takes, and so does an
-     * ack: under backpressure a reply can take longer than any fixed
-     * timeout, and a timeout would report events of unknown fate. */
-    po.timeout_ms = -1;
+    /* An ack is waited for as long as the broker makes progress: under
+     * backpressure a reply can take longer than any fixed timeout, and a
+     * timeout would report events of unknown fate. -T bounds the wait
+     * between two signs of progress instead (s_moved). */
     po.reply_timeout_ms = -1;
-    while ((c = getopt_long(argc, argv, "e:a:w:b:T:qh", lo, NULL)) != -1) {
+    po.producer_id = getenv("SNAPBUS_PRODUCER_ID");
+    if (po.producer_id != NULL && po.producer_id[0] == '\0')
+        po.producer_id = NULL;
+    while ((c = getopt_long(argc, argv, "e:a:w:b:T:P:S:Rqh", lo, NULL)) != -1) {
         if (cli_curve_opt(&ck, c, optarg))
             continue;
         switch (c) {
@@ -347,6 +398,18 @@ cli_replay(int argc, char **argv)
         case 'q':
             quiet = 1;
             break;
+        case 'P':
+            po.producer_id = optarg;
+            break;
+        case 'S':
+            if (cli_parse_u64(optarg, &po.producer_seq_start) != 0) {
+                fprintf(stderr, "snapbus replay: bad --producer-seq-start\n");
+                return CLI_USAGE;
+            }
+            break;
+        case 'R':
+            retry = 1;
+            break;
         case 'h':
             s_help(stdout);
             return CLI_OK;
@@ -361,6 +424,17 @@ cli_replay(int argc, char **argv)
     }
     if (cli_curve_load(&ck, "snapbus replay", &po.curve) != 0)
         return CLI_USAGE;
+    if (retry && (po.producer_id == NULL || po.ack == SB_ACK_NONE)) {
+        fprintf(stderr, "snapbus replay: --retry needs --producer-id (or "
+                        "SNAPBUS_PRODUCER_ID) and an acked level: without "
+                        "them a resend could publish an event twice\n");
+        return CLI_USAGE;
+    }
+    /* A resend is answered with the original seq: with --retry, keep
+     * trying for as long as -T allows between signs of progress. */
+    if (retry)
+        po.resend = 1000000;
+    po.timeout_ms = wait_ms;
     const char *path = argv[optind];
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (f == NULL) {
@@ -397,21 +471,55 @@ cli_replay(int argc, char **argv)
     const char *why = NULL;
     uint64_t sent = 0, bytes = CLI_REC_MAGIC_LEN, t0 = cli_now_ns();
     uint64_t next_draw = t0;
-    int rc = CLI_OK, got;
-    while ((got = cli_rec_read(f, &r, &why)) == 1) {
-        /* Blocking: waits out the broker's backpressure. */
-        if ((e = sb_publisher_publish(p, &r.ev, 0, NULL)) != SB_OK) {
+    s_progress_t mark = {0, 0, wait_ms};
+    int rc = CLI_OK, got = 0, told = 0; /* told: the broker said it stops */
+    /* A broker that is not there is told apart from a slow one first. */
+    if ((e = sb_publisher_hello(p, wait_ms)) != SB_OK) {
+        if (e == SB_ETIMEDOUT)
+            fprintf(stderr, "snapbus replay: no broker answered at %s within %d ms\n",
+                    po.endpoint, wait_ms);
+        else
+            fprintf(stderr, "snapbus replay: %s: %s\n", po.endpoint, sb_strerror(e));
+        rc = CLI_FAILED;
+    }
+    s_moved(p, &mark);
+    mark.last_ns = cli_now_ns();
+    /* Slices of a quarter of -T (s_moved): a broker gone shows within
+     * about 1.25 x -T. */
+    sb_publisher_set_timeout(p, wait_ms < 0 ? -1 : wait_ms / 4 + 1);
+    while (rc == CLI_OK && (got = cli_rec_read(f, &r, &why)) == 1) {
+        /* Blocking: waits out the broker's backpressure, as long as it
+         * makes progress. */
+        while ((e = sb_publisher_publish(p, &r.ev, 0, NULL)) == SB_ETIMEDOUT &&
+               s_moved(p, &mark))
+            ;
+        if (e != SB_OK) {
             if (e == SB_EINVAL || e == SB_ETOOBIG) {
                 /* This event can never be taken: count it, go on. */
                 cnt.refused++;
                 if (cnt.first_err == SB_OK)
                     cnt.first_err = e;
             } else {
-                fprintf(stderr, "\nsnapbus replay: publish: %s\n",
-                        sb_strerror(e));
+                fprintf(stderr, "\nsnapbus replay: %s\n",
+                        e == SB_ETIMEDOUT
+                            ? "timed out, fate unknown: no answer from the "
+                              "broker and nothing taken within --timeout-ms"
+                            : sb_strerror(e));
                 rc = CLI_FAILED;
                 break;
             }
+        }
+        if (cnt.closed > 0 && !retry) {
+            /* The broker said so: what follows would be refused too. */
+            fprintf(stderr, "\nsnapbus replay: the broker is shutting down "
+                            "(it refused %" PRIu64 " events); run again with "
+                            "--retry --producer-id to resume without "
+                            "duplicates\n",
+                    cnt.closed);
+            rc = CLI_FAILED;
+            told = 1;
+            sent++;
+            break;
         }
         sent++;
         bytes += 4 + cli_rec_size(&r.ev);
@@ -420,7 +528,7 @@ cli_replay(int argc, char **argv)
             next_draw = cli_now_ns() + 200000000ull;
         }
     }
-    if (got < 0) {
+    if (rc == CLI_OK && got < 0) {
         fprintf(stderr, "\nsnapbus replay: %s: record %" PRIu64 ": %s\n", path,
                 sent + 1, why);
         rc = CLI_FAILED;
@@ -428,21 +536,42 @@ cli_replay(int argc, char **argv)
     if (f != stdin)
         fclose(f);
     cli_rec_free(&r);
-    e = sb_publisher_wait_all(p, wait_ms);
-    if (e != SB_OK) {
-        fprintf(stderr, "\nsnapbus replay: waiting for acks: %s\n",
-                sb_strerror(e));
-        rc = CLI_FAILED;
+    /* The answers still owed come at once from a broker that is stopping
+     * (refusals): wait for them too, so they are counted, not unknown. */
+    if (rc != CLI_FAILED || told) {
+        while ((e = sb_publisher_wait_all(p, wait_ms < 0 ? -1 : wait_ms / 4 + 1)) ==
+                   SB_ETIMEDOUT &&
+               s_moved(p, &mark))
+            ;
+        if (e == SB_OK && po.ack == SB_ACK_NONE)
+            e = sb_publisher_hello(p, wait_ms); /* the broker read them */
+        if (e != SB_OK && !told) {
+            fprintf(stderr, "\nsnapbus replay: waiting for acks: %s\n",
+                    e == SB_ETIMEDOUT ? "timed out, fate unknown"
+                                      : sb_strerror(e));
+            rc = CLI_FAILED;
+        }
     }
-    sb_publisher_destroy(&p); /* reports what never got an answer */
+    /* Given up: destroy waits no more; it reports what never got an
+     * answer (fate unknown). */
+    if (rc == CLI_FAILED)
+        sb_publisher_set_timeout(p, 0);
+    sb_publisher_destroy(&p);
     double el = (double)(cli_now_ns() - t0) / 1e9;
     if (bar)
         s_progress(sent, total ? total : bytes, total ? total : bytes, t0, 1);
-    if (po.ack == SB_ACK_NONE)
+    /* Taken but neither acked nor refused: reported SB_ETIMEDOUT, or
+     * (fire-and-forget) sent without the broker's hello after them. */
+    uint64_t unknown = sent - cnt.acked - cnt.refused;
+    if (po.ack == SB_ACK_NONE) {
+        unknown = rc == CLI_FAILED ? sent - cnt.refused : 0;
         printf("sent=%" PRIu64 " acked=- refused=%" PRIu64, sent, cnt.refused);
-    else
+    } else {
         printf("sent=%" PRIu64 " acked=%" PRIu64 " refused=%" PRIu64, sent,
                cnt.acked, cnt.refused);
+    }
+    if (unknown > 0)
+        printf(" fate_unknown=%" PRIu64, unknown);
     if (cnt.duplicates > 0)
         printf(" duplicates=%" PRIu64, cnt.duplicates);
     printf(" elapsed=%.3fs rate=%.0f ev/s\n", el, el > 0 ? sent / el : 0.0);
@@ -450,6 +579,8 @@ cli_replay(int argc, char **argv)
         fprintf(stderr, "snapbus replay: %" PRIu64 " events refused (first: %s)\n",
                 cnt.refused, sb_strerror(cnt.first_err));
     fflush(stdout);
+    if (rc == CLI_OK && unknown > 0)
+        rc = CLI_FAILED;
     if (rc == CLI_OK && cnt.refused)
         rc = CLI_REFUSED;
     return rc;

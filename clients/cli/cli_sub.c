@@ -152,7 +152,8 @@ s_help(FILE *f)
             "                       (default: all; repeatable)\n"
             "  -x, --exact NAME     exactly aggregate NAME (repeatable)\n"
             "  -n, --count N        stop after N batches\n"
-            "  -T, --timeout-ms MS  stop after MS without a batch (exit 3)\n"
+            "  -T, --timeout-ms MS  stop after MS without a batch (exit 3);\n"
+            "                       also the wait for the broker's hello\n"
             "  -j, --json           one JSON object per batch per line\n"
             "      --from-seq N     start with every batch holding a seq >= N\n"
             "                       (fetched from the broker, then live)\n"
@@ -169,12 +170,15 @@ s_help(FILE *f)
             "\n"
             "Batches the PUB socket dropped (a slow terminal, a burst) are\n"
             "fetched from the broker and printed in order; what the broker no\n"
-            "longer retains is reported on stderr and skipped.\n"
+            "longer retains is reported on stderr and skipped. When the broker\n"
+            "stops, the batches it names in its end-of-epoch marker are fetched\n"
+            "before it closes; any not fetched are reported as lost.\n"
             "--prefix is a plain prefix, not a pattern: 'e3/*' matches only\n"
             "names that start with the characters e3/* (use 'e3/').\n"
             "\n"
             "exit codes: 0 done (--count, --exit-at-end, SIGINT/SIGTERM),\n"
-            "2 usage, 3 no broker / timed out (--timeout-ms) / failed.\n");
+            "2 usage, 3 no broker answered, no batch (or not caught up)\n"
+            "within -T, or batches were lost.\n");
 }
 
 /* The position file of --resume: one decimal seq and a newline. */
@@ -273,7 +277,7 @@ cli_sub(int argc, char **argv)
     int exit_at_end = 0, from_given = 0;
     /* Subscriptions are set after the socket exists; remember them. */
     cli_topics t;
-    int rc = CLI_OK;
+    int rc = CLI_OK, lost = 0;
 
     if (cli_topics_init(&t, argc) != 0)
         return CLI_FAILED;
@@ -432,7 +436,9 @@ cli_sub(int argc, char **argv)
 
     cli_stop_on_signals();
     uint64_t t0_ns = cli_now_ns();
-    while (!cli_stop && (count == 0 || got < count)) {
+    if (cli_subscriber_start("snapbus sub", s, &so, timeout_ms) != 0)
+        rc = CLI_FAILED;
+    while (rc == CLI_OK && !cli_stop && (count == 0 || got < count)) {
         sb_snapshot *b;
         uint64_t pos = sb_subscriber_position(s);
         if (resume != NULL && pos > saved) {
@@ -471,6 +477,7 @@ cli_sub(int argc, char **argv)
         }
         if (e == SB_ENOENT) { /* reported; the next recv goes on */
             cli_report_loss("snapbus sub", s);
+            lost = 1;
             continue;
         }
         if (e == SB_ERESTART) {
@@ -494,6 +501,9 @@ cli_sub(int argc, char **argv)
         s_save_position(resume, sb_subscriber_position(s)) != 0)
         fprintf(stderr, "snapbus sub: --resume %s: %s\n", resume,
                 strerror(errno));
+    /* A loss, reported or found at exit, is the run's outcome too. */
+    if ((cli_report_unchecked("snapbus sub", s) || lost) && rc == CLI_OK)
+        rc = CLI_FAILED;
     sb_subscriber_destroy(&s);
     return rc;
 }

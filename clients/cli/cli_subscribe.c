@@ -84,3 +84,38 @@ cli_report_loss(const char *who, const sb_subscriber *s)
                 "..%" PRIu64 "\n",
                 who, l.aggregate[0] ? l.aggregate : "*", l.from_seq, l.to_seq);
 }
+
+int
+cli_report_unchecked(const char *who, const sb_subscriber *s)
+{
+    sb_loss l;
+
+    if (sb_subscriber_unchecked(s, &l) != SB_OK)
+        return 0;
+    fprintf(stderr,
+            "%s: lost: the broker stopped after batch %" PRIu64
+            " and batches %" PRIu64 "..%" PRIu64 " (seqs up to %" PRIu64
+            ") were not fetched; resume with --resume %" PRIu64
+            " when it is back\n",
+            who, l.to_batch_id, l.from_batch_id, l.to_batch_id, l.to_seq,
+            sb_subscriber_position(s));
+    return 1;
+}
+
+int
+cli_subscriber_start(const char *who, sb_subscriber *s,
+                     const sb_subscriber_opts *so, int timeout_ms)
+{
+    if (so->query_endpoint == NULL || timeout_ms < 0)
+        return 0;
+    sb_err e = sb_subscriber_start(s, timeout_ms);
+    if (e == SB_OK)
+        return 0;
+    if (e == SB_ETIMEDOUT)
+        fprintf(stderr, "%s: no broker answered at %s within %d ms\n", who,
+                so->query_endpoint, timeout_ms);
+    else if (e != SB_EAGAIN || !cli_stop)
+        fprintf(stderr, "%s: %s: %s\n", who, so->query_endpoint,
+                sb_strerror(e));
+    return -1;
+}

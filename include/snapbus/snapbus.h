@@ -69,7 +69,9 @@ typedef struct {
     uint32_t batch_bytes;  /* encoded bytes per request, about */
     uint32_t linger_ms;    /* a partial request is sent after this long */
     int sndhwm;            /* ZeroMQ send high-water mark, in messages */
-    int timeout_ms;        /* longest a blocking call waits; -1: forever */
+    /* Longest a blocking call waits (default 60000); -1: forever, which
+     * hangs for good if the broker is gone: not recommended. */
+    int timeout_ms;
     /* An acked request without a reply after this long has its events
      * reported SB_ETIMEDOUT (fate unknown: they may have been accepted)
      * and leaves the window; a late reply is then counted in bad_replies.
@@ -94,8 +96,12 @@ typedef struct {
     /* How often an acked request whose reply did not come is sent again
      * (after reply_timeout_ms, or at once when the connection to the
      * broker was lost and made again) before its events are reported
-     * SB_ETIMEDOUT. Only safe when the broker can recognise the events
-     * (producer or event ids). -1: 3 with producer_id set, else 0. */
+     * SB_ETIMEDOUT. A request the broker refused as shutting down is
+     * kept and sent again too (after a backoff of 250 ms doubling to
+     * 2 s, only while connected; at once on a reconnect), counted the
+     * same way, before its events are reported SB_ECLOSED. Only safe
+     * when the broker can recognise the events (producer or event ids).
+     * -1: 3 with producer_id set, else 0. */
     int resend;
 } sb_publisher_opts;
 
@@ -167,15 +173,28 @@ typedef void (*sb_ack_fn)(const sb_ack_info *a, void *ctx);
 /* Called from publish/flush/poll/wait_all/destroy for every event's
  * outcome, once per token (for SB_ACK_NONE: only refusals, and only for
  * the last 4096 requests; an older refusal is counted in bad_replies).
- * At destroy, events never sent are reported SB_ECLOSED and acked ones
- * still without a reply SB_ETIMEDOUT. The callback must not call this
- * publisher's functions other than sb_publisher_stats_get. */
+ * At destroy, events that could not be sent in time and acked ones still
+ * without a reply are reported SB_ETIMEDOUT: their fate is unknown (the
+ * former were never handed to the broker). SB_ECLOSED means the broker
+ * said it is shutting down, and took nothing. The callback must not call
+ * this publisher's functions other than sb_publisher_stats_get. */
 SB_EXPORT void sb_publisher_on_ack(sb_publisher *p, sb_ack_fn fn, void *ctx);
 /* Handles replies, reply timeouts and linger for up to timeout_ms;
  * returns SB_OK early once it has read a reply. */
 SB_EXPORT sb_err sb_publisher_poll(sb_publisher *p, int timeout_ms);
 /* Flushes, then waits until every request has its reply. */
 SB_EXPORT sb_err sb_publisher_wait_all(sb_publisher *p, int timeout_ms);
+
+/* Sends what is gathered, then says hello on the ingest socket and waits
+ * for the answer, handling replies meanwhile: SB_OK proves a broker is
+ * there, and (ZeroMQ keeps one connection's messages in order) that it
+ * has read every request sent before, unless the connection was lost in
+ * between. For SB_ACK_NONE, the only way to know that. SB_ETIMEDOUT: no
+ * answer within timeout_ms (-1: forever); another error: the broker's. */
+SB_EXPORT sb_err sb_publisher_hello(sb_publisher *p, int timeout_ms);
+/* Changes timeout_ms for the calls that follow, destroy included (its
+ * wait for replies and for queued requests to leave). */
+SB_EXPORT void sb_publisher_set_timeout(sb_publisher *p, int timeout_ms);
 
 typedef struct {
     uint64_t events;    /* taken by publish */
@@ -323,6 +342,17 @@ typedef struct {
 /* SB_OK and *out filled after a recv returned SB_ENOENT; SB_ENOENT when
  * nothing was lost. */
 SB_EXPORT sb_err sb_subscriber_loss(const sb_subscriber *s, sb_loss *out);
+
+/* Batches a stopping broker said it published (its end-of-epoch marker:
+ * docs/SUBSCRIBING.md, "When the broker stops") that this subscriber has
+ * not checked yet: neither returned by recv nor reported lost. recv
+ * fetches them while the broker keeps its query socket open, and reports
+ * what it could not fetch in time as SB_ENOENT. An application that stops
+ * before then would miss them: SB_OK and *out filled (batch ids
+ * from_batch_id..to_batch_id, seqs up to to_seq, aggregate "") when there
+ * are some, SB_ENOENT when none. */
+SB_EXPORT sb_err sb_subscriber_unchecked(const sb_subscriber *s,
+                                         sb_loss *out);
 
 /* A seq to save and later pass as resume_from_seq: every batch that recv
  * has not returned yet (and that was not reported lost) holds only seqs

@@ -18,6 +18,7 @@
 
 typedef struct {
     const char *endpoint;
+    const char *query; /* the broker's query socket: hello and gap fill */
     uint64_t want;
     uint8_t *seen;   /* [want+1] */
     atomic_uint_fast64_t events; /* the test thread watches it grow */
@@ -36,9 +37,13 @@ s_sub(void *arg)
 
     sb_subscriber_opts_defaults(&o);
     o.endpoint = s->endpoint;
+    o.query_endpoint = s->query;
     o.rcvhwm = 1000000;
     if (sb_subscriber_new(&sub, &o) != SB_OK || sb_subscriber_subscribe(sub, "") != SB_OK)
         return NULL;
+    /* Said hello: what is published from here on is not missed. */
+    while (sb_subscriber_start(sub, 1000) == SB_ETIMEDOUT && !atomic_load(&s->stop))
+        ;
     atomic_store(&s->ready, 1);
     while (!atomic_load(&s->stop) && atomic_load(&s->events) < s->want) {
         sb_snapshot *b;
@@ -65,7 +70,6 @@ s_wait_ready(sub_ctx *s)
 {
     while (!atomic_load(&s->ready))
         usleep(1000);
-    usleep(300000); /* the SUB's subscription reaches the PUB */
 }
 
 typedef struct {
@@ -136,6 +140,7 @@ test_burst_through_tiny_queues(void **state)
 
     assert_int_equal(sbt_broker_start(&b, args), 0);
     s.endpoint = b.pub;
+    s.query = b.query;
     s.seen = calloc(2 * N + 1, 1);
     pthread_create(&st, NULL, s_sub, &s);
     s_wait_ready(&s);
@@ -175,6 +180,7 @@ test_shutdown_flushes_open_batches(void **state)
 
     assert_int_equal(sbt_broker_start(&b, args), 0);
     s.endpoint = b.pub;
+    s.query = b.query;
     s.seen = calloc(N + 1, 1);
     pthread_create(&st, NULL, s_sub, &s);
     s_wait_ready(&s);

@@ -308,15 +308,16 @@ s_published_events(void)
 }
 
 /* Published events once the count reaches want (acks at `sequenced` come
- * before publishing), or what there is after 20 s; then a moment more, so
+ * before publishing), or what there is after 60 s; then a moment more, so
  * a surplus would show too. */
 static uint64_t
 s_published_settled(uint64_t want)
 {
     uint64_t n = 0;
 
-    for (int i = 0; i < 200 && (n = s_published_events()) < want; i++)
-        usleep(100000);
+    for (uint64_t deadline = sbt_now_ms() + 60000;
+         (n = s_published_events()) < want && sbt_now_ms() < deadline;)
+        usleep(20000);
     usleep(200000);
     return s_published_events();
 }
@@ -351,27 +352,45 @@ test_resend_after_lost_ack_gets_the_original(void **state)
 
     (void)state;
     assert_int_equal(s_start(NULL), 0);
+    /* The reply timeout must outlast a `published` round trip however
+     * loaded the machine is (a timed-out resend would be a second resend):
+     * measure one (seq 1), and allow fifty times that, 2 s at least. */
+    s_acks_init(&k, 16);
+    sb_publisher_opts_defaults(&o);
+    o.endpoint = s_broker.ingest;
+    o.ack = SB_ACK_PUBLISHED;
+    assert_int_equal(sb_publisher_new(&p, &o), SB_OK);
+    uint64_t t0 = sbt_now_ms();
+    s_publish(p, 0);
+    assert_int_equal(sb_publisher_wait_all(p, 60000), SB_OK);
+    uint64_t rtt = sbt_now_ms() - t0;
+    sb_publisher_destroy(&p);
+    s_acks_free(&k);
+    int timeout_ms = (int)(rtt * 50 < 2000 ? 2000 : rtt * 50 > 30000 ? 30000 : rtt * 50);
+
     s_acks_init(&k, 16);
     sb_publisher_opts_defaults(&o);
     o.endpoint = s_broker.ingest;
     o.ack = SB_ACK_PUBLISHED;
     o.producer_id = "lost-ack";
-    o.reply_timeout_ms = 300;
+    o.reply_timeout_ms = timeout_ms;
     assert_int_equal(sb_publisher_new(&p, &o), SB_OK);
     sbc_publisher_test_drop_replies(p, 1); /* the first reply is "lost" */
     sb_publisher_on_ack(p, s_on_ack, &k);
     s_publish(p, 1);
-    assert_int_equal(sb_publisher_wait_all(p, 20000), SB_OK);
+    assert_int_equal(sb_publisher_wait_all(p, 4 * timeout_ms + 60000), SB_OK);
     sb_publisher_stats_get(p, &st);
+    print_message("published round trip %llu ms: reply timeout %d ms\n",
+                  (unsigned long long)rtt, timeout_ms);
     assert_int_equal(st.resends, 1);
     assert_int_equal(st.duplicates, 1);
     assert_int_equal(k.n, 1);
     assert_int_equal(k.err[1], SB_EDUP);
-    assert_int_equal(k.seq[1], 1); /* the original's seq */
+    assert_int_equal(k.seq[1], 2); /* the original's seq */
     sb_publisher_destroy(&p);
 
-    assert_int_equal(s_last_seq(), 1);
-    assert_int_equal(s_published_settled(1), 1);
+    assert_int_equal(s_last_seq(), 2);
+    assert_int_equal(s_published_settled(2), 2);
     assert_int_equal(
         s_metric("snapbus_dedup_duplicates_total{by=\"producer_seq\"}"), 1);
     s_acks_free(&k);

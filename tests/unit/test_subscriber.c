@@ -8,8 +8,10 @@
  * aggregate), late joiner (new aggregate whose predecessor is before or
  * after the start), resume from a seq, out of retention (reported, then
  * carried on; sticky with SB_LOSS_STOP), restart (new epoch), the resume
- * position with a batch held open across it, and a mass gap filled in a
- * few fetches rather than one per aggregate. */
+ * position with a batch held open across it, a mass gap filled in a
+ * few fetches rather than one per aggregate, and a stopping broker's end
+ * of epoch (its tail fetched while its query socket is open; reported
+ * lost when it closed first, then fetched from the restarted broker). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,6 +44,7 @@ typedef struct {
     size_t live[FB_MAX];
     size_t lhead, ln;
     int fetches, hellos, header_fetches;
+    int down; /* the broker is gone: hello and fetch get no answer */
     sbc_sub *sub;
 } fb;
 
@@ -160,6 +163,10 @@ fb_t_hello(void *ctx, sbc_hello_info *h, int wait_ms, int fresh)
 {
     fb *f = ctx;
 
+    if (f->down) {
+        f->now += wait_ms > 0 ? (uint64_t)wait_ms : 0;
+        return SB_ETIMEDOUT;
+    }
     f->hellos++;
     h->epoch = f->epoch;
     h->last_seq = fb_last_seq(f);
@@ -178,6 +185,10 @@ fb_t_fetch(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
     uint64_t first_id = f->first < f->n ? f->first + 1 : f->n + 1;
     size_t start;
 
+    if (f->down) {
+        f->now += wait_ms > 0 ? (uint64_t)wait_ms : 0;
+        return SB_ETIMEDOUT;
+    }
     f->fetches++;
     f->header_fetches += q->headers_only;
     memset(info, 0, sizeof *info);
@@ -623,6 +634,91 @@ test_mass_gap_filled_in_few_fetches(void **state)
     fb_free(f);
 }
 
+/* The broker stops: its EpochEnd names its last batch; the tail the live
+ * stream dropped is fetched at once, not at the next idle probe. */
+static void
+test_epoch_end_tail_fetched_while_open(void **state)
+{
+    fb *f = fb_new(0, SB_LOSS_FAIL);
+    got g = {0};
+    sb_loss l;
+
+    fb_recv_all(f, &g);
+    fb_live(f, fb_publish(f, "a", 2));
+    fb_live(f, fb_publish(f, "b", 2));
+    (void)fb_publish(f, "a", 1); /* the tail: dropped by PUB */
+    (void)fb_publish(f, "c", 1);
+    fb_recv_all(f, &g);
+    assert_int_equal(g.n, 2);
+    sbc_sub_epoch_end(f->sub, 77, 4, f->seq, 5000);
+    assert_int_equal(sbc_sub_unchecked(f->sub, &l), SB_OK);
+    assert_int_equal(l.from_batch_id, 1); /* nothing checked by a probe yet */
+    assert_int_equal(l.to_batch_id, 4);
+    fb_recv_all(f, &g); /* no time passes: fetched right away */
+    assert_int_equal(g.n, 4);
+    assert_int_equal(g.v[2], 3);
+    assert_int_equal(g.v[3], 4);
+    assert_int_equal(sbc_sub_unchecked(f->sub, &l), SB_ENOENT);
+    assert_int_equal(fb_stats(f).lost, 0);
+    /* A repeat of the marker changes nothing. */
+    sbc_sub_epoch_end(f->sub, 77, 4, f->seq, 5000);
+    fb_recv_all(f, &g);
+    assert_int_equal(g.n, 4);
+    fb_free(f);
+}
+
+/* The query socket closed before the tail was fetched: reported lost
+ * (never "lost 0"), with the batch ids; when the broker is back on its
+ * log (a new epoch, counters carried on) the tail is delivered after all. */
+static void
+test_epoch_end_unfetched_tail_reported_then_fetched_after_restart(void **state)
+{
+    fb *f = fb_new(0, SB_LOSS_FAIL);
+    got g = {0};
+    sb_loss l;
+
+    fb_recv_all(f, &g);
+    fb_live(f, fb_publish(f, "a", 2));
+    fb_recv_all(f, &g);
+    f->now += 500; /* an idle probe checks through batch 1 */
+    fb_recv_all(f, &g);
+    (void)fb_publish(f, "a", 1); /* 2, 3: dropped, then the broker stops */
+    (void)fb_publish(f, "b", 1);
+    uint64_t last_seq = f->seq;
+    f->down = 1;
+    sbc_sub_epoch_end(f->sub, 77, 3, last_seq, 1000);
+    fb_recv_all(f, &g);
+    assert_int_equal(g.n, 1);
+    assert_int_equal(sbc_sub_unchecked(f->sub, &l), SB_OK);
+    assert_int_equal(l.from_batch_id, 2);
+    assert_int_equal(l.to_batch_id, 3);
+    f->now += 1000; /* the linger is over */
+    fb_recv_all(f, &g);
+    assert_int_equal(g.n, 2);
+    assert_int_equal(g.v[1], -1);
+    assert_int_equal(sbc_sub_loss(f->sub, &l), SB_OK);
+    assert_int_equal(l.from_batch_id, 2);
+    assert_int_equal(l.to_batch_id, 3);
+    assert_int_equal(l.to_seq, last_seq);
+    assert_int_equal(sbc_sub_unchecked(f->sub, &l), SB_ENOENT);
+    assert_int_equal(fb_stats(f).lost, 1);
+    /* Back on its log: same batches, a new epoch, and one more batch. */
+    f->down = 0;
+    f->epoch = 78;
+    fb_live(f, fb_publish(f, "a", 1));
+    f->now += 500;
+    fb_recv_all(f, &g);
+    int seen[5] = {0};
+    for (size_t i = 2; i < g.n; i++)
+        if (g.v[i] > 0 && g.v[i] < 5)
+            seen[g.v[i]]++;
+    assert_int_equal(seen[2], 1);
+    assert_int_equal(seen[3], 1);
+    assert_int_equal(seen[4], 1);
+    assert_int_equal(fb_stats(f).restarts, 1);
+    fb_free(f);
+}
+
 int
 main(void)
 {
@@ -640,6 +736,9 @@ main(void)
         cmocka_unit_test(test_restart_new_epoch_starts_over),
         cmocka_unit_test(test_position_covers_batch_open_across_it),
         cmocka_unit_test(test_mass_gap_filled_in_few_fetches),
+        cmocka_unit_test(test_epoch_end_tail_fetched_while_open),
+        cmocka_unit_test(
+            test_epoch_end_unfetched_tail_reported_then_fetched_after_restart),
     };
     return cmocka_run_group_tests(t, NULL, NULL);
 }

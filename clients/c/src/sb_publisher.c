@@ -102,6 +102,9 @@ typedef struct {
     uint64_t id; /* request_id; 0: free slot */
     uint64_t first_token;
     uint64_t sent_ms; /* for the reply timeout */
+    /* Refused ERR_SHUTTING_DOWN and kept to send again (with resend): not
+     * before this, and only while connected. 0: not waiting. */
+    uint64_t retry_ms;
     uint32_t count;
     uint32_t tries;   /* resends so far */
     uint8_t *copy;    /* with resend: the request's bytes, ours */
@@ -145,6 +148,10 @@ struct sb_publisher {
     int resend;          /* resends per request at most; 0: off */
     void *mon;           /* with resend: PAIR reading the socket monitor */
     int conn_lost;       /* the monitor saw a disconnect */
+    int connected;       /* the monitor saw a handshake, no disconnect since */
+    uint64_t hello_id;   /* request_id of the hello awaited; 0: none */
+    int hello_done;      /* its reply came */
+    sb_err hello_err;    /* what it said */
     uint32_t drop_replies; /* tests: replies still to drop */
 
     uint64_t next_token;
@@ -230,7 +237,7 @@ sb_publisher_opts_defaults(sb_publisher_opts *o)
     o->batch_bytes = 256 * 1024;
     o->linger_ms = 5;
     o->sndhwm = 100;
-    o->timeout_ms = -1;
+    o->timeout_ms = 60000;
     o->reply_timeout_ms = 30000;
     o->max_request_bytes = 4 * 1024 * 1024; /* the broker's default */
     o->resend = -1;
@@ -395,7 +402,8 @@ sb_publisher_destroy(sb_publisher **pp)
     if (pp == NULL || (p = *pp) == NULL)
         return;
     if (p->sock != NULL)
-        (void)sb_publisher_wait_all(p, p->o.timeout_ms);
+        (void)sb_publisher_wait_all(p, p->o.timeout_ms >= 0 ? p->o.timeout_ms
+                                                            : 60000);
     s_fail_pending(p);
     if (p->parked) {
         zmq_msg_close(&p->pmsg); /* back to the pool through s_free_buf */
@@ -474,9 +482,11 @@ s_report_all(sb_publisher *p, const s_rec *r, sb_err err)
         s_report(p, r->first_token + i, err, 0, 0, 0);
 }
 
-/* At destroy: events never sent are SB_ECLOSED; sent ones whose reply did
- * not come in time have an unknown fate, SB_ETIMEDOUT. Fire-and-forget
- * requests have no outcome to report. */
+/* At destroy: sent requests whose reply did not come in time, and events
+ * that could not be sent in time, are SB_ETIMEDOUT: "timed out, fate
+ * unknown" from the caller's side. SB_ECLOSED is kept for what the broker
+ * itself refused as shutting down. Fire-and-forget requests have no
+ * outcome to report. */
 static void
 s_fail_pending(sb_publisher *p)
 {
@@ -486,10 +496,10 @@ s_fail_pending(sb_publisher *p)
     }
     p->ninflight = 0;
     if (p->parked)
-        s_report_all(p, &p->prec, SB_ECLOSED);
+        s_report_all(p, &p->prec, SB_ETIMEDOUT);
     if (p->nev > 0) {
         s_rec r = {.first_token = p->first_token, .count = p->nev};
-        s_report_all(p, &r, SB_ECLOSED);
+        s_report_all(p, &r, SB_ETIMEDOUT);
         p->nev = 0;
         p->len = 0;
     }
@@ -531,12 +541,34 @@ s_on_reply(sb_publisher *p, const void *data, size_t len)
         return;
     }
     rep = snapbus__reply__unpack(&p->arena.pbc, len, data);
+    if (rep != NULL && p->hello_id != 0 && rep->request_id == p->hello_id) {
+        p->hello_id = 0;
+        p->hello_done = 1;
+        p->hello_err = rep->version != SB_PROTOCOL_VERSION ? SB_EPROTO
+                       : rep->error != SNAPBUS__ERROR_CODE__ERR_NONE
+                           ? sbc_err_from_wire(rep->error)
+                       : rep->body_case != SNAPBUS__REPLY__BODY_HELLO ? SB_EPROTO
+                                                                      : SB_OK;
+        goto out;
+    }
     if (rep == NULL || rep->version != SB_PROTOCOL_VERSION ||
         !s_take_rec(p, rep->request_id, &r)) {
         p->st.bad_replies++;
         goto out;
     }
     int acked = p->o.ack != SB_ACK_NONE;
+    if (rep->error == SNAPBUS__ERROR_CODE__ERR_SHUTTING_DOWN &&
+        r.copy != NULL && r.tries < (uint32_t)p->resend) {
+        /* Nothing was taken; the broker is stopping. Keep the request
+         * and send it again once a broker answers (the same or a
+         * restarted one, whose de-duplication recognises what it has
+         * already), with a backoff while this one is still draining. */
+        uint64_t backoff = 250ull << (r.tries < 3 ? r.tries : 3);
+        r.retry_ms = sbc_coarse_ms() + backoff;
+        p->inflight[p->ninflight++] = r; /* s_take_rec made the room */
+        r.copy = NULL;
+        goto out;
+    }
     if (rep->error != SNAPBUS__ERROR_CODE__ERR_NONE) {
         p->cur_detail = rep->detail;
         s_report_all(p, &r, sbc_err_from_wire(rep->error));
@@ -582,6 +614,7 @@ static void
 s_resend(sb_publisher *p, s_rec *r, uint64_t now)
 {
     r->sent_ms = now;
+    r->retry_ms = 0;
     if (zmq_send(p->sock, r->copy, r->copy_len, ZMQ_DONTWAIT) >= 0) {
         r->tries++;
         p->st.resends++;
@@ -592,11 +625,16 @@ s_resend(sb_publisher *p, s_rec *r, uint64_t now)
 static void
 s_expire(sb_publisher *p, uint64_t now)
 {
-    if (p->o.reply_timeout_ms < 0)
-        return;
     for (uint32_t i = 0; i < p->ninflight;) {
         s_rec *r = &p->inflight[i];
-        if (now - r->sent_ms < (uint64_t)p->o.reply_timeout_ms) {
+        if (r->retry_ms != 0) {
+            /* Refused as shutting down: again once due and connected (a
+             * reconnect resends it at once, s_watch). */
+            if (now >= r->retry_ms && p->connected)
+                s_resend(p, r, now);
+            i++;
+        } else if (p->o.reply_timeout_ms < 0 ||
+                   now - r->sent_ms < (uint64_t)p->o.reply_timeout_ms) {
             i++;
         } else if (r->copy != NULL && r->tries < (uint32_t)p->resend) {
             s_resend(p, r, now);
@@ -640,7 +678,11 @@ s_watch(sb_publisher *p)
         }
         if (ev == ZMQ_EVENT_DISCONNECTED) {
             p->conn_lost = 1;
-        } else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED && p->conn_lost) {
+            p->connected = 0;
+        } else if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            p->connected = 1;
+        }
+        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED && p->conn_lost) {
             p->conn_lost = 0;
             uint64_t now = sbc_coarse_ms();
             for (uint32_t i = 0; i < p->ninflight; i++)
@@ -658,10 +700,15 @@ s_next_expiry(const sb_publisher *p)
 {
     uint64_t t = UINT64_MAX;
 
-    if (p->o.reply_timeout_ms < 0)
-        return t;
     for (uint32_t i = 0; i < p->ninflight; i++) {
-        uint64_t e = p->inflight[i].sent_ms + (uint64_t)p->o.reply_timeout_ms;
+        uint64_t e = UINT64_MAX;
+        if (p->inflight[i].retry_ms != 0) {
+            /* Disconnected: the monitor's handshake event wakes us. */
+            if (p->connected)
+                e = p->inflight[i].retry_ms;
+        } else if (p->o.reply_timeout_ms >= 0) {
+            e = p->inflight[i].sent_ms + (uint64_t)p->o.reply_timeout_ms;
+        }
         if (e < t)
             t = e;
     }
@@ -1150,4 +1197,59 @@ sb_publisher_wait_all(sb_publisher *p, int timeout_ms)
             return rc;
     }
     return SB_OK;
+}
+
+void
+sb_publisher_set_timeout(sb_publisher *p, int timeout_ms)
+{
+    if (p == NULL)
+        return;
+    p->o.timeout_ms = timeout_ms;
+    if (p->sock != NULL) {
+        /* destroy's linger follows, as sb_publisher_new set it. */
+        int linger = timeout_ms >= 0 ? timeout_ms : 60000;
+        zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger);
+    }
+}
+
+sb_err
+sb_publisher_hello(sb_publisher *p, int timeout_ms)
+{
+    Snapbus__Request req = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    uint8_t buf[64];
+    sb_err rc;
+
+    if (p == NULL)
+        return SB_EINVAL;
+    uint64_t deadline = s_deadline(timeout_ms);
+    /* Everything published so far goes first: behind it on the same
+     * connection, the hello's answer shows that the broker has read it. */
+    if ((rc = s_seal_and_send(p, 0, deadline)) != SB_OK)
+        return rc;
+    h.client = "libsnapbus";
+    req.version = SB_PROTOCOL_VERSION;
+    req.request_id = p->next_id++;
+    req.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    req.hello = &h;
+    size_t n = snapbus__request__pack(&req, buf);
+    p->hello_id = req.request_id;
+    p->hello_done = 0;
+    while (zmq_send(p->sock, buf, n, ZMQ_DONTWAIT) < 0) {
+        if (errno != EAGAIN && errno != EINTR) {
+            p->hello_id = 0;
+            return SB_ESYS;
+        }
+        if ((rc = s_wait(p, ZMQ_POLLIN | ZMQ_POLLOUT, deadline)) != SB_OK) {
+            p->hello_id = 0;
+            return rc;
+        }
+    }
+    while (!p->hello_done) {
+        if ((rc = s_wait(p, ZMQ_POLLIN, deadline)) != SB_OK) {
+            p->hello_id = 0; /* a late answer is then just unmatched */
+            return rc;
+        }
+    }
+    return p->hello_err;
 }

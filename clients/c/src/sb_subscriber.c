@@ -25,6 +25,7 @@
 #include "sbc_internal.h"
 #include "sbc_query.h"
 #include "sbc_sub.h"
+#include "snapbus.pb-c.h"
 #include <snapbus/snapbus.h>
 
 struct sb_subscriber {
@@ -35,7 +36,27 @@ struct sb_subscriber {
     sbc_query *query;
     sbc_sub *engine;
     uint64_t malformed;
+    int ended; /* an EpochEnd marker was just handed to the engine */
 };
+
+/* The broker's end-of-epoch marker: ["\0"][EpochEnd] (docs/PROTOCOL.md
+ * section 10.8). Handed to the engine, which fetches the tail. */
+static void
+s_epoch_end(sb_subscriber *s, zmq_msg_t *body)
+{
+    Snapbus__EpochEnd *m =
+        snapbus__epoch_end__unpack(NULL, zmq_msg_size(body), zmq_msg_data(body));
+
+    if (m == NULL || m->version != SB_PROTOCOL_VERSION) {
+        s->malformed++;
+    } else {
+        sbc_sub_epoch_end(s->engine, m->epoch, m->last_batch_id, m->last_seq,
+                          m->linger_ms);
+        s->ended = 1;
+    }
+    if (m != NULL)
+        snapbus__epoch_end__free_unpacked(m, NULL);
+}
 
 void
 sb_subscriber_opts_defaults(sb_subscriber_opts *o)
@@ -106,6 +127,10 @@ s_recv_one(sb_subscriber *s, sb_snapshot **out)
         s->malformed++;
         goto out;
     }
+    if (zmq_msg_size(&topic) == 1 && *(const char *)zmq_msg_data(&topic) == 0) {
+        s_epoch_end(s, &batch);
+        goto out;
+    }
     if ((rc = s_accept(&topic, &batch, out)) != SB_OK) {
         s->malformed++;
         rc = SB_ETIMEDOUT;
@@ -131,9 +156,10 @@ s_live(void *ctx, sb_snapshot **out, int wait_ms)
             return errno == EINTR ? SB_EAGAIN : SB_ESYS;
         if (n == 0)
             return SB_ETIMEDOUT;
+        s->ended = 0;
         sb_err rc = s_recv_one(s, out);
-        if (rc != SB_ETIMEDOUT)
-            return rc;
+        if (rc != SB_ETIMEDOUT || s->ended)
+            return rc; /* a marker: the engine acts on it at once */
         if (deadline != UINT64_MAX && sbc_now_ms() >= deadline)
             return SB_ETIMEDOUT;
     }
@@ -226,6 +252,12 @@ sb_subscriber_new(sb_subscriber **out, const sb_subscriber_opts *in)
         (rc = sbc_query_new(&s->query, s->zctx, s->query_endpoint,
                             o->fetch_timeout_ms, &curve)) != SB_OK)
         goto fail;
+    /* The end-of-epoch marker, whatever the topics: a lossless subscriber
+     * fetches the tail a stopping broker names (without a query socket
+     * there is nothing it could do with it). */
+    rc = SB_ESYS;
+    if (s->query != NULL && zmq_setsockopt(s->sock, ZMQ_SUBSCRIBE, "\0", 1) != 0)
+        goto fail;
     sbc_transport t = {s, s_live, s_live_drain, NULL, NULL, s_now};
     if (s->query != NULL) {
         t.hello = s_hello;
@@ -315,6 +347,14 @@ sb_subscriber_loss(const sb_subscriber *s, sb_loss *out)
     if (s == NULL || out == NULL)
         return SB_EINVAL;
     return sbc_sub_loss(s->engine, out);
+}
+
+sb_err
+sb_subscriber_unchecked(const sb_subscriber *s, sb_loss *out)
+{
+    if (s == NULL || out == NULL)
+        return SB_EINVAL;
+    return sbc_sub_unchecked(s->engine, out);
 }
 
 uint64_t

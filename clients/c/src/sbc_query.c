@@ -228,6 +228,7 @@ s_read(sbc_query *q, sbc_hello_info *h, sb_fetch_page *info, const s_sink *k)
             h->last_seq = rep->hello->last_seq;
             h->last_batch_id = rep->hello->last_batch_id;
             h->low_seq = rep->hello->low_seq;
+            h->end_bid = rep->hello->end_batch_id;
         }
         goto drain;
     }
@@ -247,6 +248,7 @@ s_read(sbc_query *q, sbc_hello_info *h, sb_fetch_page *info, const s_sink *k)
     info->last_batch_id_published = f->last_batch_id_published;
     info->epoch = f->epoch;
     info->cursor_low_seq = f->cursor_low_seq;
+    info->end_batch_id = f->end_batch_id;
     if (rep->error != SNAPBUS__ERROR_CODE__ERR_NONE) {
         rc = sbc_err_from_wire(rep->error); /* SB_ENOENT: out of retention */
         goto drain;

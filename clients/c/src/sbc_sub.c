@@ -266,6 +266,13 @@ struct sbc_sub {
     s_job job;
     sb_snapshot *page[SBC_PAGE]; /* full batches of one fetch */
 
+    /* The broker's end of epoch (its EpochEnd marker): batch ids up to
+     * end_bid exist; the query socket is open until about end_ms. While
+     * C < end_bid they are fetched (a probe through end_bid); if the
+     * broker is gone first, what was not checked is reported lost. */
+    uint64_t end_epoch, end_bid, end_seq, end_ms;
+    int end_state; /* 0: none, 1: pending, 2: checked or reported */
+
     s_loss loss; /* the last reported */
     int have_loss;
     int stopped; /* SB_LOSS_STOP after a loss */
@@ -352,10 +359,66 @@ sbc_sub_loss(const sbc_sub *s, sb_loss *out)
     return SB_OK;
 }
 
+static uint64_t
+s_floor_c(const sbc_sub *s)
+{
+    return s->resume ? s->R : s->W0;
+}
+
 void
 sbc_sub_stats(const sbc_sub *s, sb_subscriber_stats *st)
 {
     *st = s->st;
+}
+
+void
+sbc_sub_epoch_end(sbc_sub *s, uint64_t epoch, uint64_t last_bid,
+                  uint64_t last_seq, uint32_t linger_ms)
+{
+    /* Repeats of the marker, and markers of an epoch we have not said
+     * hello to, change nothing (a restart's catch-up covers those). */
+    if (!s->started || epoch != s->epoch || s->end_epoch == epoch)
+        return;
+    s->end_epoch = epoch;
+    s->end_bid = last_bid;
+    s->end_seq = last_seq;
+    s->end_ms = s->t.now_ms(s->t.ctx) + linger_ms;
+    s->end_state = last_bid > s->C ? 1 : 2;
+}
+
+/* A query reply from a stopping broker (end_bid != 0): it names the end
+ * too, for a subscriber whose queue was too full for every marker. A
+ * stopping broker that still answers is given SBC_END_PATIENCE_MS more
+ * before what is unchecked counts as lost. */
+#define SBC_END_PATIENCE_MS 5000
+
+static void
+s_note_end(sbc_sub *s, uint64_t epoch, uint64_t end_bid, uint64_t last_seq)
+{
+    uint64_t until = s->t.now_ms(s->t.ctx) + SBC_END_PATIENCE_MS;
+
+    if (end_bid == 0 || epoch != s->epoch || !s->started)
+        return;
+    if (s->end_epoch != epoch) {
+        sbc_sub_epoch_end(s, epoch, end_bid, last_seq, SBC_END_PATIENCE_MS);
+        return;
+    }
+    if (s->end_state == 1 && until > s->end_ms)
+        s->end_ms = until;
+}
+
+sb_err
+sbc_sub_unchecked(const sbc_sub *s, sb_loss *out)
+{
+    if (s->end_state != 1 || s->end_bid <= s->C)
+        return SB_ENOENT;
+    memset(out, 0, sizeof *out);
+    out->aggregate = "";
+    out->from_seq = s->WC > s_floor_c(s) ? s->WC : s_floor_c(s);
+    out->to_seq = s->end_seq;
+    out->from_batch_id = s->C + 1;
+    out->to_batch_id = s->end_bid;
+    return SB_OK;
 }
 
 /* Out of memory while queueing for the application: nothing may be lost,
@@ -593,6 +656,7 @@ s_restart(sbc_sub *s, uint64_t epoch, uint64_t last_seq)
         pos = 1;
     }
     s->epoch = epoch;
+    s->end_state = 0; /* the new epoch's catch-up fetches any tail */
     s->resume = 1;
     s->R = s->R_eff = pos;
     s->C = s->WC = s->L = 0;
@@ -623,6 +687,7 @@ s_step_hello(sbc_sub *s, uint64_t deadline)
     s->job.inflight = 0;
     if (rc != SB_OK)
         return rc;
+    s_note_end(s, h.epoch, h.end_bid, h.last_seq);
     if (s->job.kind == J_HELLO_CHECK) {
         s->job.kind = J_NONE;
         if (h.epoch != s->epoch)
@@ -666,6 +731,8 @@ s_fetch(sbc_sub *s, const sbc_fetch_req *q, sb_fetch_page *info,
         s_restart(s, info->epoch, info->last_seq);
         return SB_ERESTART;
     }
+    if (rc == SB_OK || rc == SB_ENOENT)
+        s_note_end(s, info->epoch, info->end_batch_id, info->last_seq);
     return rc;
 }
 
@@ -894,6 +961,22 @@ s_step_probe(sbc_sub *s, uint64_t deadline)
     return SB_OK;
 }
 
+/* The stopping broker's query socket closed before the tail was checked:
+ * batch ids C+1 .. end_bid may hold batches of ours that we never saw.
+ * Reported as a loss now; when the broker comes back (a new epoch) the
+ * restart's catch-up reads them from its log (delivered after all). */
+static void
+s_end_lost(sbc_sub *s)
+{
+    uint64_t from = s->WC > s_floor(s) ? s->WC : s_floor(s);
+
+    s_job_reset(s);
+    if (s->end_bid > s->C)
+        s_lost(s, NULL, from, s->end_seq, s->C + 1, s->end_bid, 0);
+    s->end_state = 2;
+    s->next_probe_ms = s->t.now_ms(s->t.ctx) + (uint64_t)s->cfg.probe_ms;
+}
+
 static sb_err
 s_step(sbc_sub *s, uint64_t deadline)
 {
@@ -995,7 +1078,16 @@ sbc_sub_recv(sbc_sub *s, sb_snapshot **out, int timeout_ms)
         if (!s->started && s->job.kind == J_NONE)
             s_start(s);
         if (s->job.kind != J_NONE) {
-            rc = s_step(s, deadline);
+            /* A tail to fetch from a stopping broker: wait no longer than
+             * its query socket stays open. */
+            int ending = s->end_state == 1;
+            uint64_t dl = ending && s->end_ms < deadline ? s->end_ms : deadline;
+            rc = s_step(s, dl);
+            if (rc == SB_ETIMEDOUT && ending &&
+                s->t.now_ms(s->t.ctx) >= s->end_ms) {
+                s_end_lost(s);
+                continue;
+            }
             if (rc == SB_ETIMEDOUT) { /* no answer yet: still waiting */
                 if (s_wait(deadline) == 0)
                     return SB_EAGAIN;
@@ -1012,6 +1104,19 @@ sbc_sub_recv(sbc_sub *s, sb_snapshot **out, int timeout_ms)
             continue;
         }
         uint64_t now = s->t.now_ms(s->t.ctx);
+        if (s->end_state == 1) {
+            /* The broker said where its epoch ends: check through there
+             * now, while its query socket is still open. */
+            if (s->end_bid <= s->C) {
+                s->end_state = 2;
+            } else if (s->t.fetch == NULL || now >= s->end_ms) {
+                s_end_lost(s);
+                continue;
+            } else {
+                s_probe_start(s, s->end_bid);
+                continue;
+            }
+        }
         if (s->t.fetch != NULL && s->cfg.probe_ms > 0 &&
             now >= s->next_probe_ms) {
             /* Idle: look at everything published. Under load: only up to

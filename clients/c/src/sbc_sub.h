@@ -38,6 +38,7 @@ typedef struct {
     uint64_t last_seq;      /* highest published */
     uint64_t last_batch_id; /* newest published */
     uint64_t low_seq;       /* every seq below it is published; 0: unknown */
+    uint64_t end_bid;       /* stopping: the epoch's last batch; 0: no */
 } sbc_hello_info;
 
 /* Waits: wait_ms -1 is forever. Every function returns SB_ETIMEDOUT when
@@ -84,6 +85,14 @@ sb_err sbc_sub_start(sbc_sub *s, int timeout_ms);
 sb_err sbc_sub_recv(sbc_sub *s, sb_snapshot **out, int timeout_ms);
 uint64_t sbc_sub_position(const sbc_sub *s);
 sb_err sbc_sub_loss(const sbc_sub *s, sb_loss *out);
+/* The broker's EpochEnd marker arrived (the transport saw it on the live
+ * socket): batch ids up to last_bid exist in epoch `epoch`, fetchable for
+ * linger_ms. The engine checks through last_bid while it can and reports
+ * what it could not as lost. */
+void sbc_sub_epoch_end(sbc_sub *s, uint64_t epoch, uint64_t last_bid,
+                       uint64_t last_seq, uint32_t linger_ms);
+/* sb_subscriber_unchecked's contract (snapbus.h). */
+sb_err sbc_sub_unchecked(const sbc_sub *s, sb_loss *out);
 /* Fills the engine's counters (every field but malformed). */
 void sbc_sub_stats(const sbc_sub *s, sb_subscriber_stats *st);
 

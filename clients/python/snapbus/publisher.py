@@ -112,7 +112,10 @@ class Publisher:
                        that, events collect until a reply arrives or the
                        batch is full, so batches grow with the load
     ``timeout``        seconds to wait for each acked request's reply (10;
-                       add the longest batching delay for PUBLISHED)
+                       add the longest batching delay for PUBLISHED); also
+                       the longest a blocking ``send`` waits for the broker
+                       to take a request (then ``TimeoutError``, the event
+                       not taken): no call waits forever
     ``producer_id``    stamped on every event; each event then also gets the
                        next ``producer_seq`` (from ``producer_seq_start``)
                        unless ``send`` is given one
@@ -384,7 +387,10 @@ class Publisher:
 
     def _ship(self, block, end=None):
         """Ships the open batch, waiting if ``block`` (until ``end``, a
-        monotonic time, if given), else raising TryAgain."""
+        monotonic time; by default ``timeout`` from now), else raising
+        TryAgain."""
+        if block and end is None:
+            end = time.monotonic() + self._timeout
         while self._open_ack != pb.ACK_NONE and len(self._inflight) >= self._window:
             if not block:
                 self._pump(0)

@@ -27,7 +27,12 @@ The rules are those of PROTOCOL.md section 10, with one cursor:
 Every batch is delivered once, in order per topic. Batches the broker no
 longer retains are reported with ``DataLostError`` (or ``on_data_lost``),
 in stream order, after which the subscriber carries on from what is
-retained. A broker restart is noticed from the ``epoch`` in hello and fetch
+retained. A stopping broker publishes an EpochEnd marker naming its last
+batch and keeps its query socket open for a while: the subscriber sweeps
+through that batch at once, and reports what it could not fetch before the
+socket closed as lost (``DataLostError`` with ``batch_ids``);
+``unchecked()`` tells an application that stops meanwhile what it would
+miss. A broker restart is noticed from the ``epoch`` in hello and fetch
 replies; when the broker's counters went back (a broker that keeps no log),
 the state restarts from the new broker's first batch and
 ``BrokerRestarted`` is raised once (or ``on_restart`` is called).
@@ -47,10 +52,11 @@ __all__ = ["Subscriber", "AsyncSubscriber"]
 
 
 class _Loss:
-    __slots__ = ("losses", "first_seq", "first_batch_id")
+    __slots__ = ("losses", "first_seq", "first_batch_id", "batch_ids")
 
-    def __init__(self, losses, first_seq, first_batch_id):
+    def __init__(self, losses, first_seq, first_batch_id, batch_ids=None):
         self.losses, self.first_seq, self.first_batch_id = losses, first_seq, first_batch_id
+        self.batch_ids = batch_ids
 
 
 class _Cursor:
@@ -357,7 +363,79 @@ class _Base:
         self._last_live_id = 0
         self._need_sweep = False
         self._catchup = None
+        # The broker's end of epoch (EpochEnd on the live socket): (epoch,
+        # last_batch_id, last_seq, monotonic time its query socket closes).
+        self._end = None
         self.closed = False
+
+    def _on_marker(self, frames):
+        """True if frames are the broker's EpochEnd marker (handled here):
+        batches up to its last_batch_id exist; sweep through them while the
+        stopping broker still answers fetches (PROTOCOL.md section 10.8)."""
+        if len(frames) != 2 or frames[0] != b"\x00":
+            return False
+        try:
+            m = pb.EpochEnd.FromString(frames[1])
+        except Exception:
+            self._tr.stats["bad"] += 1
+            return True
+        tr = self._tr
+        if m.version != 1 or m.epoch != tr.epoch or (self._end and self._end[0] == m.epoch):
+            return True
+        if m.last_batch_id > tr.cursor:
+            self._end = (m.epoch, m.last_batch_id, m.last_seq,
+                         time.monotonic() + m.linger_ms / 1000.0)
+            self._need_sweep = True
+        return True
+
+    def _note_end(self, epoch, end_batch_id, last_seq):
+        """A query reply from a stopping broker names its last batch too
+        (for a subscriber too far behind for every marker); while it still
+        answers, it gets 5 s more before the unchecked tail counts as lost."""
+        if not end_batch_id or epoch != self._tr.epoch:
+            return
+        until = time.monotonic() + 5.0
+        e = self._end
+        if e is None or e[0] != epoch:
+            if end_batch_id > self._tr.cursor:
+                self._end = (epoch, end_batch_id, last_seq, until)
+                self._need_sweep = True
+        elif until > e[3]:
+            self._end = (e[0], e[1], e[2], until)
+
+    def _end_pending(self):
+        e = self._end
+        if e is not None and self._tr.cursor >= e[1]:
+            self._end = e = None                   # checked through the end
+        return e
+
+    def _request_budget(self):
+        """With a stopping broker's tail to fetch: how long a request may
+        still wait (its query socket closes then); else None."""
+        e = self._end_pending()
+        return None if e is None else max(e[3] - time.monotonic(), 0.2)
+
+    def _end_failed(self):
+        """A fetch failed with a stopping broker's tail unchecked: once its
+        query socket has closed, report batch ids cursor+1 .. end as lost
+        (they are in its log: a restarted broker serves them). True if
+        reported, so the caller carries on instead of raising."""
+        e = self._end_pending()
+        if e is None or time.monotonic() < e[3]:
+            return False
+        tr = self._tr
+        tr.stats["lost"] += 1
+        tr.out.append(_Loss([(None, 0, e[2])], 0, 0, (tr.cursor + 1, e[1])))
+        self._end = None
+        return True
+
+    def unchecked(self):
+        """Batches a stopping broker said it published that have been
+        neither returned nor reported lost: ``(first_batch_id,
+        last_batch_id, last_seq)``, or None. An application stopping now
+        would miss them."""
+        e = self._end_pending()
+        return None if e is None else (self._tr.cursor + 1, e[1], e[2])
 
     def _topics(self):
         for name, x in self._tr.subs:
@@ -405,6 +483,7 @@ class _Base:
         fr = rep.fetch if rep.HasField("fetch") else None
         if fr is not None:
             self._check_epoch(fr.epoch, fr.last_batch_id_published, fr.last_seq)
+            self._note_end(fr.epoch, fr.end_batch_id, fr.last_seq)
         if err is not None:
             return _FetchResult(fr, err, ())
         if fr is None:
@@ -422,6 +501,8 @@ class _Base:
             raise err
         if not rep.HasField("hello"):
             raise ProtocolError("hello reply without a HelloReply")
+        if self._tr.epoch:
+            self._note_end(rep.hello.epoch, rep.hello.end_batch_id, rep.hello.last_seq)
         return rep.hello
 
     def _pop(self):
@@ -445,6 +526,9 @@ class _Base:
                     st.cursor = item.batch_id
             elif isinstance(item, _Loss):
                 err = DataLostError(item.losses, item.first_seq, item.first_batch_id)
+                # Batch ids that may hold lost batches, when known (the
+                # tail a stopping broker named); else None.
+                err.batch_ids = item.batch_ids
                 if self._on_lost is None:
                     raise err
                 self._on_lost(err)
@@ -509,6 +593,7 @@ class Subscriber(_Base):
             raise
         for t in self._topics():
             self._sub.setsockopt(zmq.SUBSCRIBE, t)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"\x00")   # EpochEnd, whatever the topics
         self._start_state(hello)
         self._next_sync = time.monotonic() + sync_interval
         self._last_rx = time.monotonic()
@@ -516,10 +601,14 @@ class Subscriber(_Base):
     # --- I/O
 
     def _request(self, make, parse):
+        budget = self._request_budget()
+        stop = None if budget is None else time.monotonic() + budget
         for attempt in range(self._fretries + 1):
             rid, data = make()
             self._q.send(data)
             end = time.monotonic() + self._ftimeout
+            if stop is not None:
+                end = min(end, stop)
             while True:
                 left = end - time.monotonic()
                 if left <= 0 or not self._q.poll(int(left * 1000) + 1):
@@ -527,6 +616,8 @@ class Subscriber(_Base):
                 r = parse(rid, self._q.recv_multipart())
                 if r is not None:
                     return r
+            if stop is not None and time.monotonic() >= stop:
+                break
         raise AckTimeout("no reply from the query socket")
 
     def _hello(self):
@@ -550,9 +641,14 @@ class Subscriber(_Base):
             self._run(gen)
         except _Restart:
             pass
+        except AckTimeout:
+            if self._end_failed():
+                return                             # reported in stream order
+            self._need_sweep = True
+            raise
         except BaseException:
-            # The fill did not finish (e.g. AckTimeout): a later sweep will
-            # pick up what is missing if the application carries on.
+            # The fill did not finish: a later sweep will pick up what is
+            # missing if the application carries on.
             self._need_sweep = True
             raise
 
@@ -590,6 +686,8 @@ class Subscriber(_Base):
                         frames = self._sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    if self._on_marker(frames):
+                        break                      # sweep through the end now
                     b = _parse_live(frames, tr.stats)
                     if b is None:
                         continue
@@ -662,10 +760,14 @@ class AsyncSubscriber(_Base):
         self._sub = None
 
     async def _request(self, make, parse):
+        budget = self._request_budget()
+        stop = None if budget is None else time.monotonic() + budget
         for attempt in range(self._fretries + 1):
             rid, data = make()
             await self._q.send(data)
             end = time.monotonic() + self._ftimeout
+            if stop is not None:
+                end = min(end, stop)
             while True:
                 left = end - time.monotonic()
                 if left <= 0 or not await self._q.poll(int(left * 1000) + 1):
@@ -673,6 +775,8 @@ class AsyncSubscriber(_Base):
                 r = parse(rid, await self._q.recv_multipart())
                 if r is not None:
                     return r
+            if stop is not None and time.monotonic() >= stop:
+                break
         raise AckTimeout("no reply from the query socket")
 
     async def _hello(self):
@@ -690,6 +794,7 @@ class AsyncSubscriber(_Base):
                                 rcvbuf=self._rcvbuf, curve=self._curve)
         for t in self._topics():
             self._sub.setsockopt(zmq.SUBSCRIBE, t)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"\x00")
         self._start_state(hello)
         self._next_sync = time.monotonic() + self._sync
         self._last_rx = time.monotonic()
@@ -707,6 +812,11 @@ class AsyncSubscriber(_Base):
                 gen.close()
         except _Restart:
             pass
+        except AckTimeout:
+            if self._end_failed():
+                return
+            self._need_sweep = True
+            raise
         except BaseException:
             self._need_sweep = True
             raise
@@ -750,6 +860,8 @@ class AsyncSubscriber(_Base):
                     try:
                         frames = await self._sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
+                        break
+                    if self._on_marker(frames):
                         break
                     b = _parse_live(frames, tr.stats)
                     if b is None:

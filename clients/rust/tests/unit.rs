@@ -314,6 +314,7 @@ impl Transport for Fake {
                     .ring
                     .get(last as usize)
                     .map_or(self.seq + 1, |b| b.first_seq),
+                end_batch_id: 0,
             },
             batches: out,
         })
