@@ -295,6 +295,9 @@ main(int argc, char **argv)
     }
     if (check) {
         explicit_bzero(secret, sizeof secret);
+        if (cfg.deprecated[0] != '\0')
+            fprintf(stderr, "snapbusd: warning: deprecated: %s: %s\n",
+                    cfg.deprecated, sb_config_deprecated_hint());
         printf("configuration ok\n");
         return 0;
     }
@@ -302,17 +305,21 @@ main(int argc, char **argv)
     sb_log_set_format((sb_log_format) sb_log_format_parse(cfg.log_format));
     sb_log_set_rate(cfg.log_rate);
     sb_config_log_ignored_env(environ);
+    if (cfg.deprecated[0] != '\0')
+        SB_LOG(SB_LOG_WARN, "config.deprecated", "spellings=\"%s\" hint=\"%s\"",
+               cfg.deprecated, sb_config_deprecated_hint());
     SB_LOG(SB_LOG_INFO, "broker.config",
            "file=%s queue=%u hwm=%u max_message_bytes=%u max_payload_bytes=%u "
            "default_delay_ms=%u delay_rules=%u max_batch_events=%u "
-           "max_batch_bytes=%u max_open_batches=%u retain_batches=%llu "
-           "retain_bytes=%llu metrics=%s log_level=%s log_format=%s log_rate=%u",
+           "max_batch_bytes=%u max_open_batches=%u ring_batches=%llu "
+           "ring_bytes=%llu log_retain_bytes=%llu metrics=%s log_level=%s log_format=%s log_rate=%u",
            file ? file : "-", cfg.queue, cfg.hwm, cfg.limits.max_message_bytes,
            cfg.limits.max_payload_bytes, cfg.router.default_delay_ms,
            cfg.router.nrules, cfg.router.max_batch_events,
            cfg.router.max_batch_bytes, cfg.router.max_open_batches,
            (unsigned long long) cfg.retain_batches,
            (unsigned long long) cfg.retain_bytes,
+           (unsigned long long) cfg.storage.retain_bytes,
            cfg.metrics[0] ? cfg.metrics : "off", cfg.log_level, cfg.log_format,
            cfg.log_rate);
     SB_LOG(SB_LOG_INFO, "broker.memory_budget",

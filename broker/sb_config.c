@@ -54,8 +54,8 @@ static const s_key s_keys[] = {
     U32("batching", "max_batch_bytes", router.max_batch_bytes, 64, 256u << 20, "a batch closes at this size, bytes"),
     U32("batching", "max_open_batches", router.max_open_batches, 1, 10000000, "open batches at most; more waits"),
     U64("batching", "max_open_bytes", router.max_open_bytes, 1024, 1ull << 40, "bytes held in open batches at most; more waits"),
-    U64("retention", "batches", retain_batches, 1, 100000000, "batches kept in memory for fetch"),
-    U64("retention", "bytes", retain_bytes, 1024, 1ull << 40, "bytes kept in memory for fetch"),
+    U64("retention", "ring_batches", retain_batches, 1, 100000000, "batches kept in the memory ring for fetch (older ones are read from the log); was retention.batches"),
+    U64("retention", "ring_bytes", retain_bytes, 1024, 1ull << 40, "bytes of batches kept in the memory ring for fetch (memory, not disk: the log's bound is storage.retain_bytes); was retention.bytes, --retain-bytes"),
     U32("retention", "fetch_max_batches", fetch_max_batches, 1, 100000, "batches in one fetch reply"),
     U32("retention", "fetch_max_bytes", fetch_max_bytes, 1024, 256u << 20, "bytes in one fetch reply"),
     U32("retention", "fetch_max_scan", fetch_max_scan, 1, 100000000, "retained batches one fetch looks at"),
@@ -63,8 +63,8 @@ static const s_key s_keys[] = {
     U64("storage", "segment_bytes", storage.segment_bytes, 4096, 1ull << 40, "a log segment is sealed past this size, bytes"),
     STR("storage", "sync", storage.sync, "always|interval|none: when the log is synced for durable acks"),
     U32("storage", "sync_interval_ms", storage.sync_interval_ms, 1, 60000, "sync period with sync = interval, ms"),
-    U64("storage", "retain_bytes", storage.retain_bytes, 0, 1ull << 50, "log bytes kept, whole oldest segments deleted past it; 0 = no bound"),
-    U64("storage", "retain_age_s", storage.retain_age_s, 0, 1ull << 40, "log segments older than this are deleted, s; 0 = no bound"),
+    U64("storage", "retain_bytes", storage.retain_bytes, 0, 1ull << 50, "log bytes kept on disk, whole oldest segments deleted past it; 0 = no bound; flag --log-retain-bytes"),
+    U64("storage", "retain_age_s", storage.retain_age_s, 0, 1ull << 40, "log segments older than this are deleted, s; 0 = no bound; flag --log-retain-age-s"),
     U32("storage", "index_every", storage.index_every, 64, 1u << 30, "bytes between sparse index entries of a log segment"),
     STR("security", "secret_key_file", secret_key_file, "the broker's CURVE secret key (snapbus keygen); empty = no CURVE, loopback only"),
     STR("security", "publisher_keys", publisher_keys, "allowlist of publishers' public keys, one Z85 key a line; reread on SIGHUP"),
@@ -170,6 +170,27 @@ s_set_delay(sb_config *c, const char *pattern, const char *value, char *why,
     return SB_OK;
 }
 
+static void
+s_note_deprecated(sb_config *c, const char *spelling)
+{
+    size_t len = strlen(c->deprecated);
+
+    if (strstr(c->deprecated, spelling) != NULL)
+        return;
+    snprintf(c->deprecated + len, sizeof c->deprecated - len, "%s%s",
+             len ? " " : "", spelling);
+}
+
+const char *
+sb_config_deprecated_hint(void)
+{
+    return "these set the in-memory retention ring, not the disk: use "
+           "retention.ring_bytes (--ring-bytes) and retention.ring_batches "
+           "(--ring-batches); the on-disk log's bounds are "
+           "storage.retain_bytes (--log-retain-bytes) and "
+           "storage.retain_age_s (--log-retain-age-s)";
+}
+
 sb_err
 sb_config_set(sb_config *c, const char *section, const char *key,
               const char *value, char *why, size_t n)
@@ -178,6 +199,13 @@ sb_config_set(sb_config *c, const char *section, const char *key,
 
     if (strcmp(section, "delays") == 0)
         return s_set_delay(c, key, value, why, n);
+    /* The ring's keys had names that read like a disk bound. */
+    if (strcmp(section, "retention") == 0 &&
+        (strcmp(key, "bytes") == 0 || strcmp(key, "batches") == 0)) {
+        s_note_deprecated(c, key[1] == 'y' ? "retention.bytes"
+                                           : "retention.batches");
+        key = key[1] == 'y' ? "ring_bytes" : "ring_batches";
+    }
     for (size_t i = 0; i < S_NKEYS; i++) {
         const s_key *k = &s_keys[i];
         uint64_t x;
@@ -362,6 +390,13 @@ sb_config_load_env(sb_config *c, char *const *envp, char *why, size_t n)
         name[len] = '\0';
         /* SNAPBUS_<SECTION>_<KEY>: the section is the first word. */
         int found = 0;
+        if (strcmp(name, "retention_bytes") == 0 ||
+            strcmp(name, "retention_batches") == 0) {
+            sb_err rc = sb_config_set(c, "retention", name + 10, eq + 1, why, n);
+            if (rc != SB_OK)
+                return rc;
+            found = 1;
+        }
         for (size_t i = 0; i < S_NKEYS && !found; i++) {
             size_t sl = strlen(s_keys[i].section);
             if (strncmp(name, s_keys[i].section, sl) == 0 && name[sl] == '_' &&
@@ -443,10 +478,31 @@ sb_config_load_args(sb_config *c, int argc, char *const *argv, char *why,
         for (char *p = flag; *p; p++)
             if (*p == '-')
                 *p = '_';
+        /* The on-disk log's bounds, named apart from the memory ring's. */
+        if (strcmp(flag, "log_retain_bytes") == 0 ||
+            strcmp(flag, "log_retain_age_s") == 0) {
+            sb_err rc = sb_config_set(c, "storage", flag + 4, val, why, n);
+            if (rc != SB_OK)
+                return rc;
+            continue;
+        }
+        /* Old spellings of the ring's flags (before storage.retain_bytes
+         * existed); --retain-bytes 10G made a 10 GiB memory ring. */
+        if (strcmp(flag, "retain_bytes") == 0 ||
+            strcmp(flag, "retain_batches") == 0) {
+            s_note_deprecated(c, a);
+            sb_err rc = sb_config_set(c, "retention",
+                                      flag[8] == 'y' ? "ring_bytes"
+                                                     : "ring_batches",
+                                      val, why, n);
+            if (rc != SB_OK)
+                return rc;
+            continue;
+        }
         int found = 0;
         for (size_t k = 0; k < S_NKEYS && !found; k++) {
             const char *key = s_keys[k].key;
-            /* Retention keys read better with their section: --retain-bytes. */
+            /* Retention keys also as --retain-KEY (--retain-fetch-max-scan). */
             char alias[64];
             snprintf(alias, sizeof alias, "retain_%s", key);
             if (strcmp(flag, key) == 0 ||
@@ -662,7 +718,7 @@ sb_config_usage(FILE *out)
             "_CLIENT_KEY, nor Kubernetes service links such as SNAPBUS_SERVICE_HOST\n"
             "or SNAPBUS_PORT_7701_TCP: those are ignored), then flags. Every key\n"
             "below is also a flag: --KEY VALUE\n"
-            "with '-' for '_' (retention keys as --retain-KEY), or --set SECTION.KEY=VALUE.\n\n"
+            "with '-' for '_' (--ring-bytes), or --set SECTION.KEY=VALUE.\n\n"
             "  --config FILE        read this INI file first\n"
             "  --check-config       check the configuration and exit (0: valid)\n"
             "  --delay PATTERN=MS   delay for aggregates matching PATTERN (exact name\n"
@@ -672,6 +728,11 @@ sb_config_usage(FILE *out)
             "  --insecure-key-permissions\n"
             "                       use a secret key file others may read, with a\n"
             "                       warning (no value; security.insecure_key_permissions = 1)\n"
+            "  --log-retain-bytes N, --log-retain-age-s S\n"
+            "                       the on-disk log's bounds (storage.retain_*)\n"
+            "  --retain-bytes, --retain-batches\n"
+            "                       deprecated: the memory ring's --ring-bytes,\n"
+            "                       --ring-batches (they never bounded the disk)\n"
             "  --help               this text\n"
             "  --version            print the version\n");
     for (size_t i = 0; i < S_NKEYS; i++) {
@@ -692,5 +753,11 @@ sb_config_usage(FILE *out)
     }
     fprintf(out, "\nSignals: SIGTERM or SIGINT stop intake, flush every open batch to\n"
                  "subscribers, send the pending acks and exit 0. SIGHUP rereads the\n"
-                 "[security] allowlists (new connections use them).\n");
+                 "[security] allowlists (new connections use them).\n"
+                 "\n"
+                 "exit codes: 0 stopped cleanly (drained), or --check-config found\n"
+                 "the configuration valid; 1 could not start or run (a port in use,\n"
+                 "the data directory or log unusable; the log line says which);\n"
+                 "2 a configuration error (nothing was started; restarting will not\n"
+                 "help).\n");
 }

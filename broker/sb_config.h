@@ -31,8 +31,8 @@ typedef struct {
     uint32_t shutdown_linger_ms; /* query socket kept open after the drain */
     sb_limits limits;
     sb_router_config router;
-    uint64_t retain_batches;
-    uint64_t retain_bytes;
+    uint64_t retain_batches; /* [retention] ring_batches: the memory ring */
+    uint64_t retain_bytes;   /* [retention] ring_bytes */
     uint32_t fetch_max_batches;
     uint32_t fetch_max_bytes;
     uint32_t fetch_max_scan;
@@ -55,6 +55,9 @@ typedef struct {
      * socket, and how many connections may be in their handshake at once. */
     uint32_t handshake_ms;
     uint32_t max_handshakes;
+    /* Deprecated spellings that were used, space-separated (e.g.
+     * "--retain-bytes retention.bytes"): main warns about them. */
+    char deprecated[256];
 } sb_config;
 
 void sb_config_defaults(sb_config *c);
@@ -84,6 +87,8 @@ int sb_config_exposed(const sb_config *c);
 /* 1: broker.metrics is on a loopback address (or off). */
 int sb_config_metrics_local(const sb_config *c);
 void sb_config_usage(FILE *out);
+/* What to say about c->deprecated: which spelling replaces which. */
+const char *sb_config_deprecated_hint(void);
 /* The file given with --config in argv, or NULL. */
 const char *sb_config_file_arg(int argc, char *const *argv);
 

@@ -118,7 +118,12 @@ sb_reply_from_req(sb_reply **out, const sb_req *req)
     rp->n = req->nevents;
     for (uint32_t i = 0; i < req->nevents; i++) {
         const sb_event *ev = &req->ev[i];
-        rp->r[i] = (sb_result){ev->seq, ev->agg_seq, ev->batch_id, ev->status};
+        const uint32_t lens[] = {0, ev->agg_len, ev->type_len,
+                                 ev->event_id_len, ev->producer_id_len,
+                                 ev->payload_len};
+        rp->r[i] = (sb_result){ev->seq, ev->agg_seq, ev->batch_id, ev->status,
+                               ev->why, ev->why_arg,
+                               ev->why < 6 ? lens[ev->why] : 0};
     }
     *out = rp;
     return SB_OK;

@@ -30,6 +30,9 @@ typedef struct sb_event {
     uint8_t has_source_pos;
     uint8_t status;      /* sb_err; SB_OK while the event is accepted */
     uint8_t joined;      /* in a batch of another aggregate (caused_by) */
+    uint8_t why;         /* SB_WHY_*: the field a refusal is about */
+    uint32_t why_arg;    /* with why: the limit passed, or the byte where
+                          * the name stops being UTF-8 */
     uint64_t producer_seq;
     uint64_t source_pos;
     uint64_t caused_by;  /* 0: none */
@@ -118,12 +121,27 @@ sb_err sb_batch_push(sb_batch *b, sb_event *ev);
 /* Drops the batch's request references and frees it. */
 void sb_batch_destroy(sb_batch **bp);
 
+/* Which field a per-event refusal is about, so that its reply can say
+ * the field, the value and the limit (sb_wire_encode_publish_reply). */
+enum {
+    SB_WHY_NONE = 0,
+    SB_WHY_AGGREGATE,
+    SB_WHY_TYPE,
+    SB_WHY_EVENT_ID,
+    SB_WHY_PRODUCER_ID,
+    SB_WHY_PAYLOAD
+};
+
 /* Per-event outcome in a reply. */
 typedef struct {
     uint64_t seq;
     uint64_t agg_seq;
     uint64_t batch_id;
     uint8_t status; /* sb_err */
+    uint8_t why;    /* SB_WHY_*, with the event's why_arg and the length
+                     * of the field it names */
+    uint32_t why_arg;
+    uint32_t why_len;
 } sb_result;
 
 /* A reply for the ingest to send back to a publisher. */

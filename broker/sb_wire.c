@@ -1,9 +1,11 @@
 #include "sb_wire.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sb_pbwire.h"
+#include "sb_utf8.h"
 #include "snapbus.pb-c.h"
 
 void
@@ -39,43 +41,16 @@ sb_wire_err_of(sb_err e)
 
 /* ---- protobuf reading (common/sb_pbwire.h) ------------------------------ */
 
+size_t
+sb_wire_name_bad_at(const char *s, size_t n)
+{
+    return sb_utf8_bad_at(s, n);
+}
+
 int
 sb_wire_name_ok(const char *s, size_t n)
 {
-    const unsigned char *p = (const unsigned char *) s, *end = p + n;
-
-    while (p < end) {
-        unsigned c = *p;
-        size_t k;
-        uint32_t cp;
-        if (c == 0)
-            return 0;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf)
-            k = 1, cp = c & 0x1f;
-        else if (c >= 0xe0 && c <= 0xef)
-            k = 2, cp = c & 0x0f;
-        else if (c >= 0xf0 && c <= 0xf4)
-            k = 3, cp = c & 0x07;
-        else
-            return 0;
-        if ((size_t) (end - p) <= k)
-            return 0;
-        for (size_t i = 1; i <= k; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        /* Overlong forms, surrogates and values past U+10FFFF. */
-        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return 0;
-        p += k + 1;
-    }
-    return 1;
+    return sb_wire_name_bad_at(s, n) == SIZE_MAX;
 }
 
 /* Fields of Event this broker knows: 1 to the last one. */
@@ -116,17 +91,31 @@ s_set_status(sb_event *ev, sb_err e)
         ev->status = (uint8_t) e;
 }
 
+/* The first failing check is the event's error, and what its reply's
+ * detail describes. */
+static void
+s_refuse_ev(sb_event *ev, sb_err e, uint8_t why, uint32_t arg)
+{
+    if (ev->status != SB_OK)
+        return;
+    ev->status = (uint8_t) e;
+    ev->why = why;
+    ev->why_arg = arg;
+}
+
 static void
 s_check_name(sb_event *ev, const char *s, uint32_t n, const sb_limits *lim,
-             int required)
+             int required, uint8_t why)
 {
+    size_t at;
+
     if (n == 0) {
         if (required)
-            s_set_status(ev, SB_EINVAL);
+            s_refuse_ev(ev, SB_EINVAL, why, 0);
     } else if (n > lim->max_name_bytes) {
-        s_set_status(ev, SB_ETOOBIG);
-    } else if (!sb_wire_name_ok(s, n)) {
-        s_set_status(ev, SB_EINVAL);
+        s_refuse_ev(ev, SB_ETOOBIG, why, lim->max_name_bytes);
+    } else if ((at = sb_wire_name_bad_at(s, n)) != SIZE_MAX) {
+        s_refuse_ev(ev, SB_EINVAL, why, (uint32_t) at);
     }
 }
 
@@ -169,14 +158,16 @@ s_event_fill(sb_event *ev, const uint8_t *p, size_t n, uint8_t **data,
         ev->agg = "";
     if (ev->type == NULL)
         ev->type = "";
-    s_check_name(ev, ev->agg, ev->agg_len, lim, 1);
-    s_check_name(ev, ev->type, ev->type_len, lim, 1);
+    s_check_name(ev, ev->agg, ev->agg_len, lim, 1, SB_WHY_AGGREGATE);
+    s_check_name(ev, ev->type, ev->type_len, lim, 1, SB_WHY_TYPE);
     if (ev->event_id != NULL)
-        s_check_name(ev, ev->event_id, ev->event_id_len, lim, 0);
+        s_check_name(ev, ev->event_id, ev->event_id_len, lim, 0,
+                     SB_WHY_EVENT_ID);
     if (ev->producer_id != NULL)
-        s_check_name(ev, ev->producer_id, ev->producer_id_len, lim, 0);
+        s_check_name(ev, ev->producer_id, ev->producer_id_len, lim, 0,
+                     SB_WHY_PRODUCER_ID);
     if (ev->payload_len > lim->max_payload_bytes)
-        s_set_status(ev, SB_ETOOBIG);
+        s_refuse_ev(ev, SB_ETOOBIG, SB_WHY_PAYLOAD, lim->max_payload_bytes);
     if (lim->shard_count > 1 && ev->status == SB_OK) {
         /* Two brokers taking one aggregate would split its order in two:
          * a misrouted event is refused, never sequenced here. */
@@ -467,6 +458,31 @@ sb_wire_encode_error(uint64_t request_id, sb_werr err, const char *detail,
     return s_pack_reply(&m, buf, len);
 }
 
+/* The detail of a per-event refusal: the field, its value and the limit
+ * (docs/PROTOCOL.md section 5.5). 0 when there is nothing to add to the
+ * generic text. */
+static int
+s_why_detail(const sb_result *r, char *out, size_t n)
+{
+    static const char *const field[] = {"", "aggregate", "type", "event_id",
+                                        "producer_id", "payload"};
+    static const char *const limit[] = {"", "max_name_bytes", "max_name_bytes",
+                                        "max_name_bytes", "max_name_bytes",
+                                        "max_payload_bytes"};
+
+    if (r->why == SB_WHY_NONE || r->why > SB_WHY_PAYLOAD)
+        return 0;
+    if (r->status == SB_ETOOBIG)
+        snprintf(out, n, "%s %u B > limit %u (limits.%s)", field[r->why],
+                 r->why_len, r->why_arg, limit[r->why]);
+    else if (r->why_len == 0)
+        snprintf(out, n, "%s is empty (it is required)", field[r->why]);
+    else
+        snprintf(out, n, "%s is not valid UTF-8 (or holds 0x00) at byte %u "
+                 "(from 0)", field[r->why], r->why_arg);
+    return 1;
+}
+
 sb_err
 sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
 {
@@ -474,11 +490,16 @@ sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
     Snapbus__PublishReply pr = SNAPBUS__PUBLISH_REPLY__INIT;
     Snapbus__EventResult *res = calloc(rp->n ? rp->n : 1, sizeof *res);
     Snapbus__EventResult **resp = calloc(rp->n ? rp->n : 1, sizeof *resp);
+    char(*det)[160] = NULL;
     sb_err rc;
 
+    for (uint32_t i = 0; i < rp->n && det == NULL; i++)
+        if (rp->r[i].why != SB_WHY_NONE)
+            det = calloc(rp->n, sizeof *det);
     if (res == NULL || resp == NULL) {
         free(res);
         free(resp);
+        free(det);
         return SB_ENOMEM;
     }
     for (uint32_t i = 0; i < rp->n; i++) {
@@ -489,6 +510,8 @@ sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
         res[i].batch_id = rp->r[i].batch_id;
         if (rp->r[i].status != SB_OK)
             res[i].detail = (char *) sb_strerror(rp->r[i].status);
+        if (det != NULL && s_why_detail(&rp->r[i], det[i], sizeof det[i]))
+            res[i].detail = det[i];
         resp[i] = &res[i];
     }
     pr.ack = (Snapbus__AckLevel) rp->ack;
@@ -501,6 +524,7 @@ sb_wire_encode_publish_reply(const sb_reply *rp, uint8_t **buf, size_t *len)
     rc = s_pack_reply(&m, buf, len);
     free(res);
     free(resp);
+    free(det);
     return rc;
 }
 

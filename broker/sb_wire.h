@@ -145,5 +145,8 @@ size_t sb_wire_batch_header_len(const uint8_t *p, size_t len);
 
 /* Used by the decoders and by tests: is s[0..n) UTF-8 without NUL? */
 int sb_wire_name_ok(const char *s, size_t n);
+/* Where a name stops being UTF-8 without 0x00 (a byte offset), or
+ * SIZE_MAX if it is one. */
+size_t sb_wire_name_bad_at(const char *s, size_t n);
 
 #endif

@@ -12,7 +12,7 @@ function(sb_sources var dir)
   set(${var} ${out} PARENT_SCOPE)
 endfunction()
 
-sb_sources(SB_COMMON_SRC common sb_err.c sb_keys.c sb_shard.c)
+sb_sources(SB_COMMON_SRC common sb_err.c sb_keys.c sb_shard.c sb_utf8.c)
 
 # Broker services with no broker logic.
 sb_sources(SB_BASE_SRC broker sb_clock.c sb_crc32c.c sb_hist.c sb_link.c

@@ -9,7 +9,9 @@
 #     through it with the host's CLI, stop it with SIGTERM under load: exit
 #     code 0, and the batch that was still open reached the subscriber;
 #  5. `podman kube play` the Kubernetes manifests (adapted to one host by
-#     deploy/tools/kube-pod.cjs), the same checks, stop, exit code 0;
+#     deploy/tools/kube-pod.cjs): probes' endpoints, publish and subscribe,
+#     stop with exit code 0, then the pod again on the same claim, which
+#     still holds the log.
 #  6. the Debian package (`cpack -G DEB`): installed with apt-get in a
 #     container of the base image, the broker started from it with the
 #     packaged loopback configuration, publish, subscribe, SIGTERM, exit 0.
@@ -142,7 +144,8 @@ if command -v docker-compose >/dev/null; then
 fi
 # Pinned: the schemas bundled in kubernetes-models are what is checked.
 if (cd "$W" && npm install --silent --no-audit --no-fund --no-save \
-        js-yaml@4.1.0 kubernetes-models@5.1.0 >/dev/null 2>&1); then
+        js-yaml@4.1.0 kubernetes-models@5.1.0 \
+        @kubernetes-models/prometheus-operator@6.0.0 >/dev/null 2>&1); then
     export NODE_PATH=$W/node_modules MODULES_DIR=$W/node_modules
     check "kubernetes schema check deploy/k8s" \
         node deploy/tools/k8s-validate.mjs deploy/k8s/*.yaml
@@ -232,7 +235,7 @@ bg_pids+=($!)
 load_pid=$!
 sleep 1
 t0=$(now_ms)
-"${P[@]}" stop -t 60 snapbus-ct >/dev/null 2>>"$W/run.err"
+"${P[@]}" stop -t 90 snapbus-ct >/dev/null 2>>"$W/run.err"
 stop_ms=$(($(now_ms) - t0))
 code=$("${P[@]}" inspect -f '{{.State.ExitCode}}' snapbus-ct)
 check "podman stop under load: exit code 0 (was $code) in ${stop_ms} ms" \
@@ -248,49 +251,118 @@ kill "$load_pid" "$sub_pid" 2>/dev/null || true
 
 # ---- 5. podman kube play of the Kubernetes manifests --------------------
 
-step "podman kube play deploy/k8s"
-ki=$(free_port) kp=$(free_port) kq=$(free_port) km=$(free_port)
-kingest=tcp://127.0.0.1:$ki kpub=tcp://127.0.0.1:$kp kurl=http://127.0.0.1:$km
-if [ -n "${NODE_PATH:-}" ] &&
-    node deploy/tools/kube-pod.cjs deploy/k8s "$IMAGE" "$ki" "$kp" "$kq" "$km" \
-        >"$W/pod.yaml"; then
-    t0=$(now_ms)
+# HTTP status of GET $2 on 127.0.0.1:$1, as a kubelet's httpGet probe asks.
+http_status() {
+    local line
+    exec 9<>"/dev/tcp/127.0.0.1/$1" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&9
+    read -r -t 5 line <&9 || true
+    exec 9<&-
+    line=${line#* }
+    echo "${line%% *}"
+}
+
+# One probe of the pod spec: "PATH" of its httpGet, or nothing.
+probe_path() {
+    node -e '
+        const y = require("js-yaml");
+        const docs = y.loadAll(require("fs").readFileSync(process.argv[1], "utf8"));
+        const pod = docs.find((d) => d && d.kind === "Pod");
+        const p = pod.spec.containers[0][process.argv[2]];
+        if (p && p.httpGet) console.log(p.httpGet.path);' "$1" "$2"
+}
+
+# The broker Pod from deploy/k8s, run by podman as a kubelet would: the
+# ConfigMap mounted, the claim as a volume, the probes' endpoints asked,
+# a publish and a subscription through it, a stop (exit 0), and the pod
+# made again on the same claim, which still holds what was published.
+kube_play_checks() {
+    local ki kp kq km kingest kpub kquery kurl t0 ms ctr code sub_pid p path
+    ki=$(free_port) kp=$(free_port) kq=$(free_port) km=$(free_port)
+    kingest=tcp://127.0.0.1:$ki kpub=tcp://127.0.0.1:$kp
+    kquery=tcp://127.0.0.1:$kq kurl=http://127.0.0.1:$km
+    ctr=snapbus-0-snapbusd
+    if [ -z "${NODE_PATH:-}" ] ||
+        ! node deploy/tools/kube-pod.cjs deploy/k8s "$IMAGE" "$ki" "$kp" "$kq" "$km" \
+            >"$W/pod.yaml"; then
+        bad "adapting deploy/k8s for kube play (needs node + js-yaml)"
+        return
+    fi
     check "adapted pod passes the schema check" \
         node deploy/tools/k8s-validate.mjs "$W/pod.yaml"
-    if "${P[@]}" kube play "$W/pod.yaml" >"$W/kube.log" 2>&1; then
-        if kready_ms=$(wait_ready "$kurl" "$t0"); then
-            ok "kube play: ready ${kready_ms} ms after kube play"
-        else
-            bad "kube play: broker ready"
-            "${P[@]}" logs snapbus-0-snapbusd 2>&1 | tail -20
-        fi
-        ctr=snapbus-0-snapbusd
-        check "kube play: read-only root, user 10001" \
-            test "$("${P[@]}" inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}' "$ctr")" \
-            = "true 10001:10001"
-        "$CLI" sub --endpoint "$kpub" --prefix k8s/ >"$W/sub2.out" 2>&1 &
-        bg_pids+=($!)
-        sub_pid=$!
-        sleep 0.5
-        check "kube play: publish (ack published)" \
-            "$CLI" pub --endpoint "$kingest" --aggregate k8s/1 --ack published a b
-        check "kube play: subscriber got the batch" \
-            wait_for "$W/sub2.out" "aggregate=k8s/1" 10
-        t0=$(now_ms)
-        "${P[@]}" pod stop -t 60 snapbus-0 >/dev/null 2>>"$W/kube.log"
-        kstop_ms=$(($(now_ms) - t0))
-        code=$("${P[@]}" inspect -f '{{.State.ExitCode}}' "$ctr")
-        check "kube play: pod stop, exit code 0 (was $code) in ${kstop_ms} ms" \
-            test "$code" = 0
-        kill "$sub_pid" 2>/dev/null || true
-        "${P[@]}" kube down "$W/pod.yaml" >/dev/null 2>&1 || true
-    else
+    # Otherwise kube-pod.cjs adds the kubelet's SNAPBUS_SERVICE_* variables.
+    check "pod spec: enableServiceLinks false" \
+        grep -q 'enableServiceLinks: false' "$W/pod.yaml"
+    check "pod spec: the startupProbe asks /readyz (log recovered), not /healthz" \
+        test "$(probe_path "$W/pod.yaml" startupProbe)" = /readyz
+    t0=$(now_ms)
+    if ! "${P[@]}" kube play "$W/pod.yaml" >"$W/kube.log" 2>&1; then
         cat "$W/kube.log"
         bad "podman kube play"
+        return
     fi
-else
-    bad "adapting deploy/k8s for kube play (needs node + js-yaml)"
-fi
+    if ms=$(wait_ready "$kurl" "$t0"); then
+        ok "kube play: ready ${ms} ms after kube play"
+    else
+        bad "kube play: broker ready"
+        "${P[@]}" logs "$ctr" 2>&1 | tail -20
+    fi
+    check "kube play: read-only root, user 10001" \
+        test "$("${P[@]}" inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}' "$ctr")" \
+        = "true 10001:10001"
+    for p in startupProbe readinessProbe livenessProbe; do
+        path=$(probe_path "$W/pod.yaml" "$p")
+        check "kube play: $p GET $path answers 200" \
+            test "$(http_status "$km" "$path")" = 200
+    done
+    # Not `podman healthcheck run`: podman turns an httpGet probe into a
+    # curl command, and the image has no curl (its HEALTHCHECK uses
+    # `snapbus stat --ready`), so that says "unhealthy" whatever the
+    # broker answers. The probes' own requests are the checks above.
+    rm -f "$W/sub2.ready"
+    "$CLI" sub --endpoint "$kpub" --query "$kquery" --prefix k8s/ \
+        --ready-file "$W/sub2.ready" >"$W/sub2.out" 2>&1 &
+    sub_pid=$!
+    bg_pids+=("$sub_pid")
+    check "kube play: subscriber said hello" wait_for "$W/sub2.ready" pub= 30
+    check "kube play: publish (ack published)" \
+        "$CLI" pub --endpoint "$kingest" --aggregate k8s/1 --ack published a b
+    check "kube play: subscriber got the batch" \
+        wait_for "$W/sub2.out" "aggregate=k8s/1" 30
+    t0=$(now_ms)
+    "${P[@]}" pod stop -t 90 snapbus-0 >/dev/null 2>>"$W/kube.log"
+    ms=$(($(now_ms) - t0))
+    code=$("${P[@]}" inspect -f '{{.State.ExitCode}}' "$ctr")
+    check "kube play: pod stop, exit code 0 (was $code) in ${ms} ms" \
+        test "$code" = 0
+    kill "$sub_pid" 2>/dev/null || true
+    "${P[@]}" logs "$ctr" >"$W/kube-broker1.log" 2>&1 || true
+    "${P[@]}" kube down "$W/pod.yaml" >/dev/null 2>&1 || true
+
+    # A rescheduled pod finds its log on the claim.
+    t0=$(now_ms)
+    if ! "${P[@]}" kube play "$W/pod.yaml" >>"$W/kube.log" 2>&1; then
+        bad "podman kube play again, on the same claim"
+        return
+    fi
+    if ms=$(wait_ready "$kurl" "$t0"); then
+        ok "kube play again: ready ${ms} ms after kube play"
+    else
+        bad "kube play again: broker ready"
+        "${P[@]}" logs "$ctr" 2>&1 | tail -20
+    fi
+    "$CLI" sub --endpoint "$kpub" --query "$kquery" --prefix k8s/ \
+        --from-seq 1 --exit-at-end --timeout-ms 30000 >"$W/sub3.out" 2>&1 || true
+    check "kube play again: the claim kept the batch (sub --from-seq 1)" \
+        grep -q 'aggregate=k8s/1 seq=1..2' "$W/sub3.out"
+    "${P[@]}" pod stop -t 90 snapbus-0 >/dev/null 2>>"$W/kube.log"
+    code=$("${P[@]}" inspect -f '{{.State.ExitCode}}' "$ctr")
+    check "kube play again: pod stop, exit code 0 (was $code)" test "$code" = 0
+    "${P[@]}" kube down "$W/pod.yaml" >/dev/null 2>&1 || true
+}
+
+step "podman kube play deploy/k8s"
+kube_play_checks
 
 # ---- 6. the Debian package ----------------------------------------------
 

@@ -10,7 +10,11 @@
 
 #include <snapbus/snapbus.h>
 
-/* Exit codes. */
+/* The CLI's version; the same as snapbusd's. */
+#define CLI_VERSION "0.1.0"
+
+/* Exit codes, the same for every command (listed in each --help and in
+ * docs/OPERATIONS.md). */
 enum {
     CLI_OK = 0,
     CLI_REFUSED = 1, /* the broker refused some event */

@@ -503,8 +503,9 @@ s_help(FILE *f)
         "baselines measured minutes apart, move less. See\n"
         "docs/PERFORMANCE.md.\n"
         "\n"
-        "Exit status 1 if any run lost (none-lossy aside), duplicated or\n"
-        "had refused events, 3 if one failed.\n");
+        "exit codes: 0 every run delivered every event once, 1 a run lost\n"
+        "(none-lossy aside), duplicated or had refused events, 2 usage,\n"
+        "3 a run failed (a broker did not start or answer).\n");
 }
 
 /* Fresh keys for the --curve runs, in the temp dir: the broker's secret

@@ -130,7 +130,10 @@ s_keygen_help(FILE *f)
                "For the broker: security.secret_key_file = NAME.key, and give\n"
                "NAME.pub to clients (--server-key). For a client: --client-key\n"
                "NAME.key, and add the line of NAME.pub to the broker's allowlist\n"
-               "of its role. Prints the public key.\n");
+               "of its role. Prints the public key.\n"
+               "\n"
+               "exit codes: 0 written, 2 usage, 3 a file could not be written\n"
+               "(NAME.key exists already, or the directory is not writable).\n");
 }
 
 int

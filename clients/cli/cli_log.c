@@ -53,7 +53,11 @@ s_help(FILE *f)
         "  -n, --limit N         at most N records\n"
         "  -k, --kind K          events|batches|all (default all)\n"
         "  -p, --payload P       text|hex|none (default text: JSON-escaped if\n"
-        "                        it is UTF-8 text, else hex)\n");
+        "                        it is UTF-8 text, else hex)\n"
+        "\n"
+        "Reads the log files only: safe beside a running broker.\n"
+        "exit codes: 0 done (verify: sound), 1 verify: damaged, 2 usage,\n"
+        "3 the log could not be read.\n");
 }
 
 static void

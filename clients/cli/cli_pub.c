@@ -44,6 +44,10 @@ s_print(const s_outcomes *o, const sb_ack_info *a)
     /* No answer is not a refusal: the broker may have taken it. */
     printf("error: %s", a->err == SB_ETIMEDOUT ? "timed out, fate unknown"
                                                : sb_strerror(a->err));
+    /* The broker's reason names the field, the value and the limit. */
+    if (a->detail != NULL && a->detail[0] != '\0' &&
+        strcmp(a->detail, sb_strerror(a->err)) != 0)
+        printf(": %s", a->detail);
     if (a->err == SB_EDUP && a->seq != 0) /* the original's seq */
         printf(" seq=%" PRIu64, a->seq);
     putchar('\n');
@@ -111,7 +115,7 @@ s_help(FILE *f)
         "Publishes each PAYLOAD as one event, or each line of stdin if no\n"
         "PAYLOAD is given. For acked levels prints one line per event, in\n"
         "order: 'seq=N agg_seq=N' (plus ' batch=N' with --ack published)\n"
-        "or 'error: REASON'. Exits 1 if the broker refused any event.\n"
+        "or 'error: REASON'.\n"
         "\n"
         "options:\n"
         "  -e, --endpoint EP     broker ingest (default tcp://127.0.0.1:7701)\n"
@@ -136,7 +140,7 @@ s_help(FILE *f)
         "or not be seen at all: fire-and-forget is not a delivery report;\n"
         "a hello after the events shows the broker has read them.\n"
         "\n"
-        "Exit status: 0 every event taken, 1 the broker refused some event,\n"
+        "exit codes: 0 every event taken, 1 the broker refused some event,\n"
         "2 usage, 3 no broker answered within -T, or an event's fate is\n"
         "unknown (timed out); a summary line (sent, acked, refused, fate\n"
         "unknown) then goes to stderr.\n");
@@ -175,7 +179,9 @@ s_publish(sb_publisher *p, sb_pub_event *ev, const void *data, size_t len,
         return CLI_FAILED;
     }
     if (rc != SB_OK) {
-        fprintf(stderr, "snapbus pub: %s\n", sb_strerror(rc));
+        const char *why = sb_publisher_last_error(p);
+        fprintf(stderr, "snapbus pub: %s%s%s\n", sb_strerror(rc),
+                why[0] ? ": " : "", why);
         return rc == SB_EINVAL || rc == SB_ETOOBIG ? CLI_REFUSED : CLI_FAILED;
     }
     (*sent)++;

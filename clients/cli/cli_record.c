@@ -49,10 +49,15 @@ s_help(FILE *f)
         CLI_CURVE_HELP
         "  -h, --help            this help\n"
         "\n"
+        "A replay file holds what to publish again (aggregate, type, payload,\n"
+        "...), not the seqs, aggregate seqs and batch ids the broker gave\n"
+        "them: replaying assigns new ones. For those, 'snapbus sub --json'.\n"
+        "\n"
         "When the broker stops, the batches its end-of-epoch marker names are\n"
         "fetched (with --query) while it keeps its query socket open; batches\n"
         "not fetched by then, or when record is stopped, count as lost.\n"
-        "Exit status: 0 ok, 2 usage, 3 a loss, no broker answered, no batch\n"
+        "\n"
+        "exit codes: 0 ok, 2 usage, 3 a loss, no broker answered, no batch\n"
         "within -T, or a write error.\n");
 }
 

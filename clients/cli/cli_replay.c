@@ -321,7 +321,7 @@ s_help(FILE *f)
         "\n"
         "The summary line: sent (taken from the file), acked, refused, and\n"
         "fate unknown (no answer: the broker may or may not have them).\n"
-        "Exit status: 0 all taken, 1 the broker refused some event,\n"
+        "exit codes: 0 all taken, 1 the broker refused some event,\n"
         "2 usage, 3 the file is unreadable, no broker answered, the broker\n"
         "stopped (without --retry), or a fate is unknown.\n");
 }

@@ -20,7 +20,9 @@ s_usage(FILE *f)
             "\n"
             "options:\n"
             "  -n, --count COUNT   number of brokers (shard.count), 1..65536\n"
-            "  -h, --help          this help\n");
+            "  -h, --help          this help\n"
+            "\n"
+            "exit codes: 0 done, 2 usage (a bad COUNT, or an empty name).\n");
 }
 
 static int

@@ -58,7 +58,10 @@ s_help(FILE *f)
         "  -T, --timeout-ms MS   longest wait for the broker (default 5000)\n"
         "  -h, --help            this help\n"
         "\n"
-        "Exit status: 0 ok, 2 usage, 3 broker unreachable, bad answer, or\n"
+        "The metrics endpoint is off by default: start snapbusd with\n"
+        "--metrics 127.0.0.1:7704 ([broker] metrics) to use this command.\n"
+        "\n"
+        "exit codes: 0 ok, 2 usage, 3 broker unreachable, bad answer, or\n"
         "a probe that did not answer 200.\n");
 }
 
@@ -179,6 +182,12 @@ s_get(const char *url, const char *path, int timeout_ms, char **body,
     if (fd < 0) {
         fprintf(stderr, "snapbus stat: cannot connect to %s: %s\n", url,
                 strerror(errno ? errno : ETIMEDOUT));
+        /* The usual reason: a broker runs, but without the endpoint. */
+        fprintf(stderr,
+                "snapbus stat: the broker's metrics endpoint is off by "
+                "default: start snapbusd with --metrics 127.0.0.1:7704 (or "
+                "[broker] metrics = 127.0.0.1:7704), or give this command "
+                "its address with --url\n");
         return -1;
     }
     int n = snprintf(req, sizeof req,
@@ -566,8 +575,10 @@ s_url_from_ready(const char *path, char *url, size_t n)
         }
     fclose(f);
     if (found != 0)
-        fprintf(stderr, "snapbus stat: %s has no metrics= line (is the "
-                        "broker's metrics endpoint on?)\n", path);
+        fprintf(stderr, "snapbus stat: %s has no metrics= line: the "
+                        "broker's metrics endpoint is off by default; start "
+                        "snapbusd with --metrics 127.0.0.1:7704 (or [broker] "
+                        "metrics = HOST:PORT)\n", path);
     return found;
 }
 

@@ -30,7 +30,17 @@ s_usage(FILE *f)
             "  keygen  make a CURVE key pair (docs/SECURITY.md)\n"
             "  shard   which broker owns an aggregate, when spread over several\n"
             "\n"
-            "Run 'snapbus COMMAND --help' for a command's options.\n"
+            "Run 'snapbus COMMAND --help' for a command's options;\n"
+            "'snapbus --version' prints the version.\n"
+            "\n"
+            "exit codes (every command; each --help says which it uses):\n"
+            "  0  done\n"
+            "  1  the broker refused some event (pub, replay), a run lost or\n"
+            "     duplicated events (bench), the log is damaged (log verify)\n"
+            "  2  usage: a bad option or argument\n"
+            "  3  failed: no broker answered, timed out, events lost (out of\n"
+            "     retention), a file could not be read or written\n"
+            "\n"
             "Protocol version %d.\n",
             SB_PROTOCOL_VERSION);
 }
@@ -45,6 +55,11 @@ main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         s_usage(stdout);
+        return CLI_OK;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V") ||
+        !strcmp(cmd, "version")) {
+        printf("snapbus %s (protocol %d)\n", CLI_VERSION, SB_PROTOCOL_VERSION);
         return CLI_OK;
     }
     /* Each subcommand parses argv[1..] with getopt, argv[0] its name. */

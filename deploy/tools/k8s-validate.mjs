@@ -29,7 +29,11 @@ for (const f of process.argv.slice(2)) {
     n++;
     let Model;
     try {
-      Model = (await load(`kubernetes-models/${d.apiVersion}/${d.kind}`))[d.kind];
+      // The Prometheus Operator's kinds (PodMonitor) come in their own
+      // package of the same family.
+      const pkg = String(d.apiVersion).startsWith('monitoring.coreos.com/')
+        ? '@kubernetes-models/prometheus-operator' : 'kubernetes-models';
+      Model = (await load(`${pkg}/${d.apiVersion}/${d.kind}`))[d.kind];
     } catch (e) {
       console.log(`FAIL ${what}: unknown ${d.apiVersion}/${d.kind}`);
       bad++;

@@ -4,9 +4,13 @@
 //  - hostNetwork, with the broker bound to free loopback ports given as
 //    flags (containerPorts are refused with hostNetwork, so they go);
 //  - the volumeClaimTemplate becomes a claim podman makes a volume of;
-//  - the image is the one just built, never pulled.
+//  - the image is the one just built, never pulled;
+//  - what the kubelet adds and podman does not: unless the pod spec says
+//    enableServiceLinks: false, the service-link variables of every Service
+//    in service.yaml (SNAPBUS_SERVICE_HOST, SNAPBUS_PORT_7701_TCP, ...), so
+//    the broker meets the environment a cluster gives it.
 // Everything else (ConfigMap mount, read-only root, user, resources,
-// securityContext, grace period) is kept as written.
+// securityContext, probes, preStop, grace period) is kept as written.
 // Usage: node kube-pod.cjs K8S_DIR IMAGE INGEST PUB QUERY METRICS > pod.yaml
 'use strict';
 const fs = require('fs');
@@ -15,7 +19,7 @@ const yaml = require('js-yaml');
 
 const [dir, image, pIngest, pPub, pQuery, pMetrics] = process.argv.slice(2);
 const docs = [];
-for (const f of ['configmap.yaml', 'statefulset.yaml']) {
+for (const f of ['configmap.yaml', 'statefulset.yaml', 'service.yaml']) {
   for (const d of yaml.loadAll(fs.readFileSync(path.join(dir, f), 'utf8'))) {
     if (d) docs.push(d);
   }
@@ -25,12 +29,40 @@ const sts = docs.find((d) => d.kind === 'StatefulSet');
 if (!cm || !sts) throw new Error('need a ConfigMap and a StatefulSet');
 
 const spec = JSON.parse(JSON.stringify(sts.spec.template.spec));
+// The kubelet's service links (as in kubelet's envvars.FromServices): for a
+// Service "snapbus" with port 7701, SNAPBUS_SERVICE_HOST, _SERVICE_PORT,
+// _SERVICE_PORT_<NAME>, _PORT, _PORT_7701_TCP and its _PROTO/_PORT/_ADDR.
+const links = [];
+if (spec.enableServiceLinks !== false) {
+  for (const svc of docs.filter((d) => d.kind === 'Service')) {
+    if (svc.spec.clusterIP === 'None') continue;
+    const n = svc.metadata.name.toUpperCase().replace(/-/g, '_');
+    const ip = '10.96.0.10';
+    const ports = svc.spec.ports || [];
+    const env = { [`${n}_SERVICE_HOST`]: ip };
+    ports.forEach((p, i) => {
+      const proto = (p.protocol || 'TCP');
+      if (i === 0) {
+        env[`${n}_SERVICE_PORT`] = String(p.port);
+        env[`${n}_PORT`] = `${proto.toLowerCase()}://${ip}:${p.port}`;
+      }
+      if (p.name) env[`${n}_SERVICE_PORT_${p.name.toUpperCase().replace(/-/g, '_')}`] = String(p.port);
+      const k = `${n}_PORT_${p.port}_${proto}`;
+      env[k] = `${proto.toLowerCase()}://${ip}:${p.port}`;
+      env[`${k}_PROTO`] = proto.toLowerCase();
+      env[`${k}_PORT`] = String(p.port);
+      env[`${k}_ADDR`] = ip;
+    });
+    for (const [name, value] of Object.entries(env)) links.push({ name, value });
+  }
+}
 spec.hostNetwork = true;
 spec.restartPolicy = 'Never';
 const c = spec.containers[0];
 c.image = image;
 c.imagePullPolicy = 'Never';
 delete c.ports;
+if (links.length) c.env = (c.env || []).concat(links);
 c.args = (c.args || []).concat([
   '--ingest', `tcp://127.0.0.1:${pIngest}`,
   '--pub', `tcp://127.0.0.1:${pPub}`,

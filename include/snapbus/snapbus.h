@@ -134,10 +134,21 @@ typedef struct {
  * sealed, and goes first on the next call. Once the event is taken,
  * publish returns SB_OK even if the request it completed could not be
  * sent yet; the next publish/flush/poll/wait_all sends it.
- * SB_EINVAL: aggregate or type missing or empty. SB_ETOOBIG: the event
- * alone is over max_request_bytes. */
+ * SB_EINVAL: aggregate or type missing or empty, or a name (aggregate,
+ * type, event id, producer id) that is not UTF-8. SB_ETOOBIG: a name over
+ * 255 bytes, or the event alone over max_request_bytes (an event larger
+ * than batch_bytes is sent in a request of its own; the broker's
+ * max_payload_bytes, 1 MiB by default, is its own check, refused per
+ * event with a detail). sb_publisher_last_error says which. */
 SB_EXPORT sb_err sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev,
                                       int flags, uint64_t *token);
+/* Why the last sb_publisher_publish on p was refused before sending
+ * (SB_EINVAL, SB_ETOOBIG): the field, the value and the limit, e.g.
+ * "aggregate 300 B > limit 255 (no broker takes longer names)" or
+ * "aggregate is not valid UTF-8 at byte 3 (from 0)". "" after a publish
+ * that took its event. The string belongs to p and changes at its next
+ * publish. */
+SB_EXPORT const char *sb_publisher_last_error(const sb_publisher *p);
 /* Sends the current request now. */
 SB_EXPORT sb_err sb_publisher_flush(sb_publisher *p, int flags);
 
@@ -150,6 +161,12 @@ typedef struct {
     uint64_t seq;
     uint64_t agg_seq;
     uint64_t batch_id; /* with SB_ACK_PUBLISHED */
+    /* The broker's reason for a refusal, naming the field, its value and
+     * the limit ("payload 2000000 B > limit 1048576
+     * (limits.max_payload_bytes)"); "" when there is none. Valid during
+     * the callback only. Appended: read it only from a library that has
+     * it. */
+    const char *detail;
 } sb_ack_info;
 
 typedef void (*sb_ack_fn)(const sb_ack_info *a, void *ctx);

@@ -100,7 +100,7 @@ s_numeric(const char *value, unsigned pick)
         {"broker", "hwm"},
         {"limits", "max_message_bytes"},
         {"batching", "max_open_bytes"},
-        {"retention", "bytes"},
+        {"retention", "ring_bytes"},
     };
     sb_config c;
     char *why = malloc(S_WHY);

@@ -455,6 +455,146 @@ teardown(void **state)
     return rc == 0 ? 0 : -1;
 }
 
+static void
+s_count_batch(sb_snapshot *b, void *ctx)
+{
+    uint64_t *last = ctx;
+
+    *last = sb_snapshot_last_seq(b);
+    sb_snapshot_destroy(&b);
+}
+
+/* After a restart the memory ring is empty: a fetch with from_seq 0 and
+ * after_batch_id 0 returns only what the ring holds (nothing), while
+ * from_seq 1 reads the on-disk log (docs/PROTOCOL.md section 9.3). */
+static void
+test_fetch_from_seq_0_is_the_ring_1_the_log(void **state)
+{
+    char dir[] = "/tmp/sbt-ring.XXXXXX", cmd[64];
+    const char *extra[] = {"--data-dir", dir, "--default-delay-ms", "0", NULL};
+    sbt_broker b;
+    sb_publisher_opts po;
+    sb_publisher *p;
+    sb_pub_event ev = {.aggregate = "r/1", .type = "T", .payload = "x",
+                       .payload_len = 1};
+    sb_fetch_opts fo;
+    sb_fetch_info info;
+    uint64_t last = 0;
+
+    (void) state;
+    sb_fetch_opts_defaults(&fo);
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(sbt_broker_start(&b, extra), 0);
+    sb_publisher_opts_defaults(&po);
+    po.endpoint = b.ingest;
+    po.ack = SB_ACK_PUBLISHED;
+    assert_int_equal(sb_publisher_new(&p, &po), SB_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_OK);
+    assert_int_equal(sb_publisher_wait_all(p, 30000), SB_OK);
+    sb_publisher_destroy(&p);
+    assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                              30000), SB_OK);
+    assert_int_equal(last, 3); /* before the restart: in the ring */
+    assert_int_equal(sbt_broker_stop(&b, 30), 0);
+
+    assert_int_equal(sbt_broker_start(&b, extra), 0);
+    last = 0;
+    assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                              30000), SB_OK);
+    assert_int_equal(last, 0); /* the ring is empty */
+    assert_int_equal(info.last_seq, 3);
+    fo.from_seq = 1;
+    do {
+        assert_int_equal(sb_fetch(b.query, &fo, s_count_batch, &last, &info,
+                                  30000), SB_OK);
+        fo.after_batch_id = info.last_batch_id;
+    } while (info.more);
+    assert_int_equal(last, 3); /* the log has them */
+    assert_int_equal(sbt_broker_stop(&b, 30), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+typedef struct {
+    int n;
+    sb_err err[4];
+    char detail[4][160];
+} acks_seen;
+
+static void
+s_on_ack_seen(const sb_ack_info *a, void *ctx)
+{
+    acks_seen *k = ctx;
+
+    /* By token: a refusal is answered before an earlier acceptance. */
+    if (a->token >= 1 && a->token <= 4) {
+        k->err[a->token - 1] = a->err;
+        snprintf(k->detail[a->token - 1], sizeof k->detail[0], "%s",
+                 a->detail);
+    }
+    k->n++;
+}
+
+/* One event may use the broker's whole max_payload_bytes (batch_bytes only
+ * groups events); refusals name the field, the value and the limit, from
+ * the library (sb_publisher_last_error) and from the broker (ack detail). */
+static void
+test_publish_limits_and_their_reasons(void **state)
+{
+    sb_publisher_opts po;
+    sb_publisher *p;
+    acks_seen k = {0};
+    char agg[301];
+    size_t big = 2000000, large = 300000;
+    char *payload = malloc(big);
+    sb_pub_event ev = {.aggregate = "lim/1", .type = "T", .payload = payload};
+
+    (void) state;
+    memset(payload, 'x', big);
+    memset(agg, 'a', 300);
+    agg[300] = '\0';
+    sb_publisher_opts_defaults(&po);
+    po.endpoint = broker.ingest;
+    assert_int_equal(po.batch_bytes, 256 * 1024);
+    assert_int_equal(sb_publisher_new(&p, &po), SB_OK);
+    sb_publisher_on_ack(p, s_on_ack_seen, &k);
+
+    ev.payload_len = large; /* > batch_bytes, < max_payload_bytes */
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_OK);
+    assert_string_equal(sb_publisher_last_error(p), "");
+    ev.payload_len = big;   /* > the broker's max_payload_bytes (1 MiB) */
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_OK);
+    assert_int_equal(sb_publisher_wait_all(p, 30000), SB_OK);
+    assert_int_equal(k.n, 2);
+    assert_int_equal(k.err[0], SB_OK);
+    assert_int_equal(k.err[1], SB_ETOOBIG);
+    assert_string_equal(k.detail[1], "payload 2000000 B > limit 1048576 "
+                                     "(limits.max_payload_bytes)");
+
+    ev.payload_len = 1;
+    ev.aggregate = agg;
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_ETOOBIG);
+    assert_string_equal(sb_publisher_last_error(p),
+                        "aggregate 300 B > limit 255 (no broker takes longer "
+                        "names)");
+    ev.aggregate = "e3\xff/1";
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_EINVAL);
+    assert_string_equal(sb_publisher_last_error(p),
+                        "aggregate is not valid UTF-8 at byte 2 (from 0)");
+    ev.aggregate = "lim/1";
+    ev.payload_len = 5u << 20; /* over max_request_bytes: never sent */
+    payload = realloc(payload, ev.payload_len);
+    ev.payload = payload;
+    memset(payload, 'y', ev.payload_len);
+    assert_int_equal(sb_publisher_publish(p, &ev, 0, NULL), SB_ETOOBIG);
+    assert_non_null(strstr(sb_publisher_last_error(p),
+                           "payload 5242880 B (event 5242900 B encoded) > "
+                           "limit 4194272 B (max_request_bytes 4194304"));
+    sb_publisher_destroy(&p);
+    free(payload);
+}
+
 int
 main(void)
 {
@@ -465,6 +605,8 @@ main(void)
         cmocka_unit_test(test_wrong_shard),
         cmocka_unit_test(test_fetch_exact_and_headers_only),
         cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_fetch_from_seq_0_is_the_ring_1_the_log),
+        cmocka_unit_test(test_publish_limits_and_their_reasons),
     };
     return cmocka_run_group_tests(t, setup, teardown);
 }

@@ -61,6 +61,40 @@ test_precedence(void **state)
     unlink(path);
 }
 
+/* The memory ring and the on-disk log's bound have names apart; the old
+ * spellings of the ring's still work, and are noted for a warning. */
+static void
+test_ring_and_log_retention_apart(void **state)
+{
+    sb_config c;
+    char why[512];
+    char *env[] = {"SNAPBUS_RETENTION_BATCHES=7", NULL};
+    char *argv[] = {"snapbusd", "--ring-bytes", "3M", "--log-retain-bytes",
+                    "10G", "--log-retain-age-s", "60", NULL};
+    char *old[] = {"snapbusd", "--retain-bytes", "5M", NULL};
+
+    (void) state;
+    sb_config_defaults(&c);
+    assert_int_equal(sb_config_load_args(&c, 7, argv, why, sizeof why), SB_OK);
+    assert_int_equal(c.retain_bytes, 3u << 20);
+    assert_int_equal(c.storage.retain_bytes, 10ull << 30);
+    assert_int_equal(c.storage.retain_age_s, 60);
+    assert_string_equal(c.deprecated, "");
+    assert_int_equal(sb_config_load_args(&c, 3, old, why, sizeof why), SB_OK);
+    assert_int_equal(c.retain_bytes, 5u << 20);
+    assert_int_equal(c.storage.retain_bytes, 10ull << 30); /* untouched */
+    assert_string_equal(c.deprecated, "--retain-bytes");
+    assert_int_equal(sb_config_load_env(&c, env, why, sizeof why), SB_OK);
+    assert_int_equal(c.retain_batches, 7);
+    assert_int_equal(sb_config_load_string(&c, "[retention]\nring_batches = 9\n"
+                                               "bytes = 1M\n", why, sizeof why),
+                     SB_OK);
+    assert_int_equal(c.retain_batches, 9);
+    assert_int_equal(c.retain_bytes, 1u << 20);
+    assert_string_equal(c.deprecated,
+                        "--retain-bytes retention.batches retention.bytes");
+}
+
 static void
 s_refused(const char *sec, const char *key, const char *val, const char *expect)
 {
@@ -155,6 +189,7 @@ main(void)
 {
     const struct CMUnitTest t[] = {
         cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_ring_and_log_retention_apart),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_metrics_address),
     };

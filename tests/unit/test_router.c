@@ -425,6 +425,24 @@ test_max_bytes_closes_early(void **state)
     assert_int_equal(sb_timelock_size(f->tl), 0);
 }
 
+/* Reaching max_batch_bytes exactly closes the batch (docs/BATCHING.md). */
+static void
+test_max_bytes_reached_exactly_closes(void **state)
+{
+    fixture *f = *state;
+    ev_spec s = {.agg = "b/1", .payload_len = 100}; /* 151 bytes */
+
+    f->cfg.max_batch_bytes = 302;
+    s_start(f);
+    s_feed(f, &s, 1);
+    assert_int_equal(s_drain(f), 0);
+    s_feed(f, &s, 1); /* 302 == 302 */
+    assert_int_equal(s_drain(f), 1);
+    assert_int_equal(s_last(f)->n, 2);
+    assert_int_equal(s_last(f)->bytes, 302);
+    assert_int_equal(s_last(f)->close_reason, SB_CLOSE_MAX_BYTES);
+}
+
 /* ---- caused_by -------------------------------------------------------- */
 
 static void
@@ -1118,6 +1136,7 @@ main(void)
         T(test_max_events_closes_early_and_disarms),
         T(test_batch_closed_before_its_arm_left_sends_no_timer),
         T(test_max_bytes_closes_early),
+        T(test_max_bytes_reached_exactly_closes),
         T(test_caused_by_joins_and_aggregate_follows),
         T(test_caused_by_refused_when_aggregate_is_in_another_batch),
         T(test_caused_by_chain_within_one_batch),

@@ -253,6 +253,65 @@ test_fetch_and_hello_decode(void **state)
     assert_int_equal(w.err, SB_WERR_INVALID);
 }
 
+/* Several body fields in one request (no conforming encoder writes that):
+ * the last one on the wire is the body, as proto3 says for a oneof, and
+ * two publish fields are not merged (docs/PROTOCOL.md section 5.1). */
+static void
+test_last_body_on_the_wire_wins(void **state)
+{
+    Snapbus__Request r = SNAPBUS__REQUEST__INIT;
+    Snapbus__Hello h = SNAPBUS__HELLO__INIT;
+    Snapbus__Event e[3], *ev1[1] = {&e[0]}, *ev2[2] = {&e[1], &e[2]};
+    uint8_t hello[64], buf[1024];
+    size_t hlen, l1, l2;
+    sb_wire_request w;
+
+    (void) state;
+    r.version = 1;
+    r.request_id = 9;
+    r.body_case = SNAPBUS__REQUEST__BODY_HELLO;
+    r.hello = &h;
+    hlen = snapbus__request__pack(&r, hello); /* version, id, hello */
+    s_event(&e[0], "a/1", "T", "one");
+    s_event(&e[1], "b/1", "T", "two");
+    s_event(&e[2], "b/2", "T", "three");
+    /* Version 0 and id 0 are not written: just the publish field. */
+    uint8_t *p1 = s_pack_publish(0, 0, SB_ACK_SEQUENCED, ev1, 1, &l1);
+    uint8_t *p2 = s_pack_publish(0, 0, SB_ACK_SEQUENCED, ev2, 2, &l2);
+
+    /* hello, then publish: a publish. */
+    memcpy(buf, hello, hlen);
+    memcpy(buf + hlen, p1, l1);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1, &lim, &w), SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_PUBLISH);
+    assert_int_equal(w.request_id, 9);
+    assert_int_equal(w.req->nevents, 1);
+    sb_req_unref(w.req);
+
+    /* publish, then hello: a hello. */
+    memcpy(buf, p1, l1);
+    memcpy(buf + l1, hello, hlen);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1, &lim, &w), SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_HELLO);
+    assert_null(w.req);
+
+    /* Two publish fields: only the last one's events. */
+    memcpy(buf, hello, hlen);
+    memcpy(buf + hlen, p1, l1);
+    memcpy(buf + hlen + l1, p2, l2);
+    assert_int_equal(sb_wire_decode_request(buf, hlen + l1 + l2, &lim, &w),
+                     SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(w.kind, SB_WREQ_PUBLISH);
+    assert_int_equal(w.req->nevents, 2);
+    assert_string_equal(w.req->ev[0].agg, "b/1");
+    sb_req_unref(w.req);
+    free(p1);
+    free(p2);
+}
+
 static void
 test_encode_batch_matches_protobuf_c(void **state)
 {
@@ -347,8 +406,8 @@ test_reply_encoding(void **state)
     rp->request_id = 11;
     rp->ack = SB_ACK_PUBLISHED;
     rp->n = 2;
-    rp->r[0] = (sb_result){5, 1, 3, SB_OK};
-    rp->r[1] = (sb_result){0, 0, 0, SB_ETOOBIG};
+    rp->r[0] = (sb_result){5, 1, 3, SB_OK, SB_WHY_NONE, 0, 0};
+    rp->r[1] = (sb_result){0, 0, 0, SB_ETOOBIG, SB_WHY_NONE, 0, 0};
     assert_int_equal(sb_wire_encode_publish_reply(rp, &buf, &len), SB_OK);
     Snapbus__Reply *m = snapbus__reply__unpack(NULL, len, buf);
     assert_non_null(m);
@@ -370,14 +429,69 @@ test_reply_encoding(void **state)
     free(buf);
 }
 
+/* A per-event refusal's detail names the field, its value and the limit
+ * (or the byte where UTF-8 breaks), from decode to the encoded reply. */
+static void
+test_refusal_detail_names_field_value_limit(void **state)
+{
+    Snapbus__Event e[5], *ev[5];
+    char agg[301], payload[2001];
+    size_t len;
+    uint8_t *buf, *out;
+    sb_wire_request w;
+    sb_reply *rp;
+    sb_limits l = lim;
+
+    (void) state;
+    l.max_payload_bytes = 2000;
+    memset(agg, 'a', 300);
+    agg[300] = 0;
+    memset(payload, 'p', 2000);
+    payload[2000] = 0;
+    for (int i = 0; i < 5; i++) {
+        s_event(&e[i], "ok/1", "T", "x");
+        ev[i] = &e[i];
+    }
+    e[0].aggregate = agg;          /* 300 B > 255 */
+    e[1].aggregate = "e3\xff/1";   /* not UTF-8 at byte 2 */
+    e[2].type = "";                /* empty */
+    s_event(&e[3], "ok/1", "T", payload);
+    e[3].payload.len = 2001;       /* 2001 B > 2000 */
+    buf = s_pack_publish(1, 5, SB_ACK_SEQUENCED, ev, 5, &len);
+    assert_int_equal(sb_wire_decode_request(buf, len, &l, &w), SB_OK);
+    assert_int_equal(w.err, SB_WERR_NONE);
+    assert_int_equal(sb_reply_from_req(&rp, w.req), SB_OK);
+    assert_int_equal(sb_wire_encode_publish_reply(rp, &out, &len), SB_OK);
+    Snapbus__Reply *m = snapbus__reply__unpack(NULL, len, out);
+    assert_non_null(m);
+    assert_string_equal(m->publish->results[0]->detail,
+                        "aggregate 300 B > limit 255 (limits.max_name_bytes)");
+    assert_string_equal(m->publish->results[1]->detail,
+                        "aggregate is not valid UTF-8 (or holds 0x00) at "
+                        "byte 2 (from 0)");
+    assert_string_equal(m->publish->results[2]->detail,
+                        "type is empty (it is required)");
+    assert_string_equal(m->publish->results[3]->detail,
+                        "payload 2001 B > limit 2000 (limits.max_payload_bytes)");
+    assert_int_equal(m->publish->results[4]->error,
+                     SNAPBUS__ERROR_CODE__ERR_NONE);
+    snapbus__reply__free_unpacked(m, NULL);
+    free(out);
+    free(rp);
+    sb_req_unref(w.req);
+    free(buf);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest t[] = {
         cmocka_unit_test(test_decode_publish_roundtrip),
+        cmocka_unit_test(test_last_body_on_the_wire_wins),
         cmocka_unit_test(test_refuses_bad_version_and_garbage),
         cmocka_unit_test(test_refuses_bad_events),
         cmocka_unit_test(test_name_utf8),
+        cmocka_unit_test(test_refusal_detail_names_field_value_limit),
         cmocka_unit_test(test_fetch_and_hello_decode),
         cmocka_unit_test(test_encode_batch_matches_protobuf_c),
         cmocka_unit_test(test_reply_encoding),

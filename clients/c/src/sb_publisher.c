@@ -56,11 +56,13 @@
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <zmq.h>
 
+#include "sb_utf8.h"
 #include "sbc_curve.h"
 #include "sb_pbwire.h"
 #include "sbc_internal.h"
@@ -71,6 +73,7 @@
 /* Room for the Request and Publish headers: version (2 bytes), request_id
  * (1 + 10), the publish field's tag and length (1 + 5) and ack (2). */
 #define SBC_HEADROOM 32
+#define SBC_MAX_NAME 255 /* the broker's max_name_bytes never exceeds it */
 /* Fire-and-forget requests remembered to map a refusal back to tokens. */
 #define SBC_RECENT 4096
 /* Largest encoded event or request we build: protobuf's 2 GiB limit. */
@@ -137,6 +140,10 @@ struct sb_publisher {
     s_rec *recent; /* SB_ACK_NONE: SBC_RECENT slots, by id */
 
     char *producer_id;   /* opts.producer_id, ours; NULL: none */
+    /* Why the last publish was refused here (sb_publisher_last_error);
+     * the broker's text for the outcome being reported (ack detail). */
+    char last_error[192];
+    const char *cur_detail;
     uint64_t next_pseq;  /* the next event's producer seq */
     int resend;          /* resends per request at most; 0: off */
     void *mon;           /* with resend: PAIR reading the socket monitor */
@@ -469,7 +476,8 @@ s_report(sb_publisher *p, uint64_t token, sb_err err, uint64_t seq,
         p->st.refused++;
     }
     if (p->ack_fn != NULL) {
-        sb_ack_info a = {token, err, seq, agg_seq, batch_id};
+        sb_ack_info a = {token, err, seq, agg_seq, batch_id,
+                         p->cur_detail != NULL ? p->cur_detail : ""};
         p->ack_fn(&a, p->ack_ctx);
     }
 }
@@ -569,7 +577,9 @@ s_on_reply(sb_publisher *p, const void *data, size_t len)
         goto out;
     }
     if (rep->error != SNAPBUS__ERROR_CODE__ERR_NONE) {
+        p->cur_detail = rep->detail;
         s_report_all(p, &r, sbc_err_from_wire(rep->error));
+        p->cur_detail = NULL;
         goto out;
     }
     if (rep->body_case != SNAPBUS__REPLY__BODY_PUBLISH ||
@@ -596,8 +606,10 @@ s_on_reply(sb_publisher *p, const void *data, size_t len)
         sb_err err = sbc_err_from_wire(er->error);
         /* Fire-and-forget reports refusals only: an SB_OK there does not
          * mean the others were accepted, as no reply means that too. */
+        p->cur_detail = er->detail;
         if (acked || err != SB_OK)
             s_report(p, token, err, er->seq, er->aggregate_seq, er->batch_id);
+        p->cur_detail = NULL;
     }
 out:
     free(r.copy);
@@ -922,6 +934,16 @@ s_measure(const sb_pub_event *ev, s_sizes *z)
     z->type = strlen(ev->type);
     if (z->agg == 0 || z->type == 0)
         return SB_EINVAL;
+    /* What no broker takes (its max_name_bytes is at most 255). */
+    const char *names[] = {ev->aggregate, ev->type, ev->event_id,
+                           ev->producer_id};
+    for (int i = 0; i < 4; i++) {
+        size_t n = names[i] ? strlen(names[i]) : 0;
+        if (n > SBC_MAX_NAME)
+            return SB_ETOOBIG;
+        if (sb_utf8_bad_at(names[i], n) != SIZE_MAX)
+            return SB_EINVAL;
+    }
     if (ev->payload_len > SBC_MAX_ENCODED)
         return SB_ETOOBIG;
     z->event_id = ev->event_id ? strlen(ev->event_id) : 0;
@@ -944,11 +966,66 @@ s_measure(const sb_pub_event *ev, s_sizes *z)
     return SB_OK;
 }
 
-/* The event alone would make a request over max_request_bytes. */
+/* The event alone would make a request over max_request_bytes. Not
+ * batch_bytes: that bounds how events are grouped, and an event larger
+ * than it travels in a request of its own. */
+static size_t
+s_max_item(const sb_publisher *p)
+{
+    return p->o.max_request_bytes - SBC_HEADROOM;
+}
+
 static int
 s_too_big(const sb_publisher *p, const s_sizes *z)
 {
-    return p->o.max_request_bytes != 0 && z->item > p->max_events_len;
+    return p->o.max_request_bytes != 0 && z->item > s_max_item(p);
+}
+
+/* The reason for sb_publisher_last_error: the field, the value, the
+ * limit. Called after s_measure or s_too_big refused ev. */
+static void
+s_explain(sb_publisher *p, const sb_pub_event *ev, const s_sizes *z,
+          sb_err rc)
+{
+    static const char *const field[] = {"aggregate", "type", "event_id",
+                                        "producer_id"};
+    const char *names[] = {ev->aggregate, ev->type, ev->event_id,
+                           ev->producer_id};
+    char *w = p->last_error;
+    size_t n = sizeof p->last_error;
+
+    if (ev->aggregate == NULL || ev->aggregate[0] == '\0' ||
+        ev->type == NULL || ev->type[0] == '\0') {
+        snprintf(w, n, "%s is missing or empty (it is required)",
+                 ev->aggregate == NULL || ev->aggregate[0] == '\0'
+                     ? "aggregate" : "type");
+        return;
+    }
+    if (ev->payload == NULL && ev->payload_len > 0) {
+        snprintf(w, n, "payload is NULL with payload_len %zu",
+                 ev->payload_len);
+        return;
+    }
+    for (int i = 0; i < 4; i++) {
+        size_t len = names[i] ? strlen(names[i]) : 0, at;
+        if (len > SBC_MAX_NAME) {
+            snprintf(w, n, "%s %zu B > limit %d (no broker takes longer "
+                     "names)", field[i], len, SBC_MAX_NAME);
+            return;
+        }
+        if ((at = sb_utf8_bad_at(names[i], len)) != SIZE_MAX) {
+            snprintf(w, n, "%s is not valid UTF-8 at byte %zu (from 0)",
+                     field[i], at);
+            return;
+        }
+    }
+    if (rc == SB_ETOOBIG && p->o.max_request_bytes != 0)
+        snprintf(w, n, "payload %zu B (event %zu B encoded) > limit %zu B "
+                 "(max_request_bytes %u, the broker's max_message_bytes)",
+                 ev->payload_len, z->item, s_max_item(p),
+                 p->o.max_request_bytes);
+    else
+        snprintf(w, n, "%s", sb_strerror(rc));
 }
 
 static sb_err
@@ -1016,10 +1093,15 @@ sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev, int flags,
         own.producer_seq = p->next_pseq;
         ev = &own;
     }
-    if ((rc = s_measure(ev, &z)) != SB_OK)
+    p->last_error[0] = '\0';
+    if ((rc = s_measure(ev, &z)) != SB_OK) {
+        s_explain(p, ev, &z, rc);
         return rc;
-    if (s_too_big(p, &z))
+    }
+    if (s_too_big(p, &z)) {
+        s_explain(p, ev, &z, SB_ETOOBIG);
         return SB_ETOOBIG;
+    }
     uint64_t now = sbc_coarse_ms();
     uint64_t deadline =
         p->o.timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)p->o.timeout_ms;
@@ -1052,6 +1134,12 @@ sb_publisher_publish(sb_publisher *p, const sb_pub_event *ev, int flags,
         (void)s_seal_and_send(p, SB_DONTWAIT, deadline);
     }
     return SB_OK;
+}
+
+const char *
+sb_publisher_last_error(const sb_publisher *p)
+{
+    return p != NULL ? p->last_error : "";
 }
 
 sb_err

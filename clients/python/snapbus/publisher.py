@@ -210,7 +210,8 @@ class Publisher:
         if self._producer_id:
             size += _blen(self._producer_id) + 16
         if size > self._max_req:
-            raise TooLargeError("event larger than the broker's max_message_bytes", "event")
+            raise TooLargeError("event %d B > limit %d (the broker's max_message_bytes, less the "
+                                "request's own fields)" % (size, self._max_req), "event")
         n = len(self._open_rc)
         if n and (ack != self._open_ack or n >= self._batch_events
                   or self._open_bytes + size > self._batch_bytes):

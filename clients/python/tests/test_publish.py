@@ -138,7 +138,12 @@ class TestTypedErrors(unittest.TestCase):
         self.assertEqual(cm.exception.scope, "event")
         self.assertEqual(cm.exception.code, 1)
         self.assertRaises(snapbus.InvalidError, no_type.result)
-        self.assertRaises(snapbus.TooLargeError, long_name.result)
+        with self.assertRaises(snapbus.TooLargeError) as cm:
+            long_name.result()
+        # The broker's detail names the field, the value and the limit.
+        self.assertEqual(cm.exception.detail,
+                         "aggregate 256 B > limit %d (limits.max_name_bytes)"
+                         % self.p.hello.max_name_bytes)
         # The other events of the request were accepted, in request order.
         self.assertEqual(good2.result().seq, good1.result().seq + 1)
 
@@ -167,10 +172,13 @@ class TestTypedErrors(unittest.TestCase):
             self.p.send("err/big", "T", big)
 
     def test_payload_over_limit_is_refused_by_the_broker(self):
-        r = self.p.send("err/big", "T", b"x" * (self.p.hello.max_payload_bytes + 1))
+        n = self.p.hello.max_payload_bytes + 1
+        r = self.p.send("err/big", "T", b"x" * n)
         with self.assertRaises(snapbus.TooLargeError) as cm:
             r.result()
         self.assertEqual(cm.exception.scope, "event")
+        self.assertEqual(cm.exception.detail,
+                         "payload %d B > limit %d (limits.max_payload_bytes)" % (n, n - 1))
 
 
 class TestWindowAndBackpressure(unittest.TestCase):
