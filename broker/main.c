@@ -579,13 +579,14 @@ out:
     sb_store_recovery_free(&rec);
     sb_router_actor_destroy(&router);
     sb_timelock_actor_destroy(&tl);
-    sb_fanout_destroy(&pub);
+    sb_fanout_stop(pub); /* freed after zmq_ctx_term: see sb_fanout_stop */
     sb_auth_destroy(&auth); /* after every CURVE socket is closed */
     explicit_bzero(secret, sizeof secret);
     s_links_destroy(&l);
     sb_credit_destroy(&credit); /* every request is freed by now */
     if (ctx != NULL)
         zmq_ctx_term(ctx);
+    sb_fanout_destroy(&pub);
     if (cfg.ready_file[0] != '\0')
         unlink(cfg.ready_file);
     sb_log_flush(); /* what the rate limit still holds back */

@@ -763,14 +763,13 @@ sb_fanout_wait(sb_fanout *p, int timeout_ms)
 }
 
 void
-sb_fanout_destroy(sb_fanout **pp)
+sb_fanout_stop(sb_fanout *p)
 {
-    sb_fanout *p = *pp;
-
     if (p == NULL)
         return;
     sb_actor_destroy(&p->actor);
-    /* Batches still in the link belong to nobody else now. */
+    /* Batches still in the link belong to nobody else now; the link itself
+     * may be gone by the time the fan-out is destroyed. */
     if (p->args.in != NULL) {
         sb_item it;
         while (sb_link_recv(p->args.in, &it) == SB_OK)
@@ -778,7 +777,18 @@ sb_fanout_destroy(sb_fanout **pp)
                 sb_batch *b = it.ptr;
                 sb_batch_destroy(&b);
             }
+        p->args.in = NULL;
     }
+}
+
+void
+sb_fanout_destroy(sb_fanout **pp)
+{
+    sb_fanout *p = *pp;
+
+    if (p == NULL)
+        return;
+    sb_fanout_stop(p);
     sb_ring_destroy(&p->ring);
     sb_store_reader_close(&p->log);
     free(p->outbox);

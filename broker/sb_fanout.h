@@ -99,6 +99,14 @@ sb_fanout_stats *sb_fanout_stats_get(sb_fanout *p);
 /* Waits until the actor exited after EOF and its shutdown linger
  * (SB_ETIMEDOUT if not yet). */
 sb_err sb_fanout_wait(sb_fanout *p, int timeout_ms);
+/* Stops the actor and closes its sockets; the object stays. Encoded
+ * batches still queued in ZeroMQ give their bytes back to the fan-out's
+ * counters when libzmq frees them, which can be as late as zmq_ctx_term:
+ * so the process stops the fan-out, terminates the context, and only then
+ * destroys it. */
+void sb_fanout_stop(sb_fanout *p);
+/* Stops it (if not yet) and frees it. Call after zmq_ctx_term of its
+ * context when encoded batches may still sit in ZeroMQ's queues. */
 void sb_fanout_destroy(sb_fanout **pp);
 
 /* ---- retention ring (core, used by the actor and by tests) ---------- */
