@@ -532,7 +532,7 @@ size_t
 sb_wire_batch_header_len(const uint8_t *p, size_t len)
 {
     sb_pb_reader r;
-    sb_pb_field f;
+    sb_pb_field f = {0}; /* gcc -O3 cannot see the reader always fills it */
     const uint8_t *at = p;
 
     /* sb_pb_next reads one field; stop in front of the first event. */

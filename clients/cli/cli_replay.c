@@ -104,7 +104,7 @@ static int
 s_decode(cli_rec *r, size_t len, const char **why)
 {
     sb_pb_reader rd;
-    sb_pb_field f;
+    sb_pb_field f = {0}; /* gcc -O3 cannot see the reader always fills it */
     int got;
     size_t used = 0;
     sb_pub_event *ev = &r->ev;

@@ -101,7 +101,7 @@ static int
 s_event(sb_snapshot *b, const uint8_t *p, size_t len, sb_snapshot_event *e)
 {
     sb_pb_reader r;
-    sb_pb_field f;
+    sb_pb_field f = {0}; /* gcc -O3 cannot see the reader always fills it */
     uint64_t v;
     int got, rc;
 
@@ -167,7 +167,7 @@ static int
 s_count(const uint8_t *p, size_t len, size_t *n)
 {
     sb_pb_reader r;
-    sb_pb_field f;
+    sb_pb_field f = {0}; /* gcc -O3 cannot see the reader always fills it */
     int got;
 
     *n = 0;
@@ -182,7 +182,7 @@ static int
 s_batch(sb_snapshot *b, const uint8_t *p, size_t len)
 {
     sb_pb_reader r;
-    sb_pb_field f;
+    sb_pb_field f = {0}; /* gcc -O3 cannot see the reader always fills it */
     uint64_t v;
     int got, rc;
     size_t i = 0;
