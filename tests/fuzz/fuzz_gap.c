@@ -277,6 +277,7 @@ s_t_hello(void *ctx, sbc_hello_info *h, int wait_ms, int fresh)
         h->last_seq = s_u64();
         h->last_batch_id = s_u64();
         h->low_seq = s_u64();
+        h->end_bid = s_u8() % 4 == 0 ? s_u64() : 0;
         return s_u8() % 8 == 0 ? SB_EPROTO : SB_OK;
     }
     if (F.hellos++ == 0)
@@ -321,6 +322,7 @@ s_t_fetch(void *ctx, const sbc_fetch_req *q, sb_fetch_page *info,
         info->last_seq = s_u64();
         info->last_batch_id_published = s_u64();
         info->cursor_low_seq = s_u64();
+        info->end_batch_id = what & 0x20 ? s_u64() : 0;
         switch (what % 8) {
         case 0: F.now += 1; return SB_ETIMEDOUT;
         case 1: return SB_ENOENT;

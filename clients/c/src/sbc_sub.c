@@ -677,7 +677,8 @@ s_wait(uint64_t deadline)
 static sb_err
 s_step_hello(sbc_sub *s, uint64_t deadline)
 {
-    sbc_hello_info h;
+    /* Zeroed: a transport that predates a field leaves it unset. */
+    sbc_hello_info h = {0};
     sb_err rc =
         s->t.hello(s->t.ctx, &h, s_wait(deadline), !s->job.inflight);
 
