@@ -37,6 +37,13 @@ int sbt_raw_request(const char *endpoint, const void *const *frames,
 
 uint64_t sbt_now_ms(void);
 
+/* Polls cond every 20 ms until it holds or ms have passed (a generous
+ * deadline: the caller asserts cond afterwards). */
+#define SBT_WAIT_UNTIL(cond, ms)                                         \
+    for (uint64_t sbt_deadline_ = sbt_now_ms() + (ms);                   \
+         !(cond) && sbt_now_ms() < sbt_deadline_;)                       \
+        usleep(20000)
+
 /* One HTTP/1.0 GET of path from base ("http://127.0.0.1:PORT"). Returns
  * the status code and copies the body (NUL-terminated, cut at cap - 1)
  * into body; -1 if no answer within timeout_ms. */

@@ -437,9 +437,8 @@ test_unauthenticated_peers_hold_bounded_memory(void **state)
     }
     assert_int_equal(busy, 0);
     /* Every peer beyond the cap was refused at once... */
-    for (int i = 0; i < 500 && s_refused(f, "publish", "handshake_cap") <
-                                   cap0 + S_PEERS - S_MAX_HANDSHAKES; i++)
-        usleep(20000);
+    SBT_WAIT_UNTIL(s_refused(f, "publish", "handshake_cap") >=
+                       cap0 + S_PEERS - S_MAX_HANDSHAKES, 60000);
     assert_true(s_refused(f, "publish", "handshake_cap") >=
                 cap0 + S_PEERS - S_MAX_HANDSHAKES);
     assert_int_equal(s_metric(f, "snapbus_conn_handshaking"), S_MAX_HANDSHAKES);
@@ -449,8 +448,7 @@ test_unauthenticated_peers_hold_bounded_memory(void **state)
      * max_handshakes x (ZMQ_MAXMSGSIZE + 256 KiB), plus 16 MiB for the
      * legitimate traffic meanwhile. 40 uncapped peers would hold five
      * times as much. */
-    for (int i = 0; i < 500 && s_metric(f, "snapbus_conn_malloc_trims_total") < 1; i++)
-        usleep(20000);
+    SBT_WAIT_UNTIL(s_metric(f, "snapbus_conn_malloc_trims_total") >= 1, 60000);
     assert_true(s_metric(f, "snapbus_conn_malloc_trims_total") >= 1);
     long held = 0;
     for (int k = 0; k < 20; k++) {
@@ -475,17 +473,14 @@ test_unauthenticated_peers_hold_bounded_memory(void **state)
     for (int i = 0; i < S_PEERS; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    for (int i = 0; i < 1000 && (s_metric(f, "snapbus_conn_handshaking") > 0 ||
-                                 s_metric(f, "snapbus_conn_malloc_trims_total") <= trims);
-         i++)
-        usleep(20000);
+    SBT_WAIT_UNTIL(s_metric(f, "snapbus_conn_handshaking") <= 0 &&
+                       s_metric(f, "snapbus_conn_malloc_trims_total") > trims,
+                   60000);
     assert_int_equal(s_metric(f, "snapbus_conn_handshaking"), 0);
     long after = -1;
-    for (int i = 0; i < 200; i++) {
-        if ((after = sbt_broker_rss_kb(&f->b)) <= base + 8192 || !S_RSS_CHECKS)
-            break;
-        usleep(50000);
-    }
+    SBT_WAIT_UNTIL((after = sbt_broker_rss_kb(&f->b)) <= base + 8192 ||
+                       !S_RSS_CHECKS,
+                   60000);
     printf("# pre-auth RSS after the peers left: %ld KiB (base %ld)\n", after,
            base);
     if (S_RSS_CHECKS)
@@ -586,8 +581,7 @@ test_descriptor_flood_leaves_the_log_and_metrics_working(void **state)
      * most 5 a second, whatever the flood. */
     assert_true(lines1 - lines0 <= 200);
     /* And afterwards all is as before. */
-    for (int i = 0; i < 500 && s_metric(f, "snapbus_conn_handshaking") > 0; i++)
-        usleep(20000);
+    SBT_WAIT_UNTIL(s_metric(f, "snapbus_conn_handshaking") <= 0, 60000);
     acks = (s_outcomes){0, 0, 0, 0};
     p = s_publisher(f, SB_ACK_DURABLE, &acks);
     for (int i = 0; i < 20; i++)

@@ -5,6 +5,7 @@ publishes and the Python subscriber receives."""
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -47,45 +48,35 @@ class _Reader(threading.Thread):
 class TestPythonToC(unittest.TestCase):
     D = 50
 
-    def _attempt(self, n):
-        """One try: `snapbus sub --count D --json` on a fresh prefix, then
-        D one-event batches from Python. A C subscriber that joined late
-        (ZeroMQ subscriptions are asynchronous and the CLI does not fill
-        gaps) misses the first batches and does not reach its count: that
-        try is abandoned and another made on a new prefix."""
-        prefix = "py2c/%d/" % n
-        proc = subprocess.Popen([_broker.CLI, "sub", "-e", B.pub, "-p", prefix, "--json",
-                                 "--count", str(self.D), "--timeout-ms", "20000"],
-                                stdout=subprocess.PIPE, env=_broker.clean_env())
-        reader = _Reader(proc)
-        time.sleep(0.3)
-        items = [(prefix + "agg%d" % (i % 3), "Type%d" % (i % 2), b"payload-%d" % i,
-                  "id-%d" % i, i * 10) for i in range(self.D)]
-        with snapbus.Publisher(B.ingest, batch_events=1, producer_id="py") as p:
-            rs = [p.send(a, t, pl, event_id=eid, source_pos=sp) for a, t, pl, eid, sp in items]
-            p.flush()
-            seqs = [r.result().seq for r in rs]
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            reader.join(5)
-            proc.stdout.close()
-            return None
-        reader.join(5)
-        proc.stdout.close()
-        self.assertEqual(proc.returncode, 0)
-        return items, seqs, [json.loads(l) for l in reader.lines]
-
     def test_python_publishes_c_subscribes(self):
-        for n in range(5):
-            r = self._attempt(n)
-            if r is not None:
-                break
-        else:
-            self.fail("the C subscriber never received all %d batches in 5 tries" % self.D)
-        items, seqs, batches = r
+        """`snapbus sub --count D --json` with gap fill (-Q) on a fresh
+        prefix, then D one-event batches from Python, published once it
+        has written its ready file: it prints every one, in order."""
+        prefix = "py2c/"
+        with tempfile.TemporaryDirectory() as tmp:
+            ready = os.path.join(tmp, "ready")
+            proc = subprocess.Popen([_broker.CLI, "sub", "-e", B.pub, "-Q", B.query,
+                                     "-p", prefix, "--json", "--count", str(self.D),
+                                     "--timeout-ms", "60000", "--ready-file", ready],
+                                    stdout=subprocess.PIPE, env=_broker.clean_env())
+            reader = _Reader(proc)
+            end = time.monotonic() + 60
+            while not os.path.exists(ready) and proc.poll() is None \
+                    and time.monotonic() < end:
+                time.sleep(0.01)
+            self.assertTrue(os.path.exists(ready), "snapbus sub never became ready")
+            items = [(prefix + "agg%d" % (i % 3), "Type%d" % (i % 2), b"payload-%d" % i,
+                      "id-%d" % i, i * 10) for i in range(self.D)]
+            with snapbus.Publisher(B.ingest, batch_events=1, producer_id="py") as p:
+                rs = [p.send(a, t, pl, event_id=eid, source_pos=sp)
+                      for a, t, pl, eid, sp in items]
+                p.flush()
+                seqs = [r.result().seq for r in rs]
+            proc.wait(timeout=120)
+            reader.join(60)
+            proc.stdout.close()
+        self.assertEqual(proc.returncode, 0)
+        batches = [json.loads(l) for l in reader.lines]
         self.assertEqual(len(batches), self.D)
         for (agg, typ, pl, eid, sp), seq, b in zip(items, seqs, batches):
             self.assertEqual(b["aggregate"], agg)
